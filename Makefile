@@ -1,0 +1,24 @@
+# The two commands a newcomer needs (run as root):
+#   make demo   set up, then bring up a lab and show it working
+#   make test   set up, then run every test
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap demo test unit bench clean
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	$(PY) -m netlab.demo
+
+test: bootstrap
+	$(PY) -m pytest -ra
+
+unit: bootstrap
+	$(PY) -m pytest -ra tests/unit
+
+bench: bootstrap
+	$(PY) bench/cni.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

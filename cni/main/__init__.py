@@ -1,0 +1,1 @@
+"""Main (interface-creating) CNI plugins."""

@@ -1,0 +1,1 @@
+"""kube-netlab: real Kubernetes node networking on Linux, without Kubernetes."""

@@ -1,0 +1,1 @@
+"""Service proxy (kube-proxy equivalent) and cluster DNS."""

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian 12 machine: system packages, then a
+# virtual environment with kube-netlab installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 iptables nftables iputils-ping curl dnsutils tcpdump conntrack
+  containernetworking-plugins iperf3 procps psmisc python3 python3-venv python3-pip
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bootstrap: run as root (the lab creates network namespaces)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# br_netfilter makes bridged pod traffic visible to iptables (kube-proxy needs it);
+# a kernel with it built in, or without modules, is fine too.
+modprobe br_netfilter 2>/dev/null || true
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

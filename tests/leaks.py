@@ -1,0 +1,67 @@
+"""What of ours is on the machine: namespaces, root-namespace links, addresses,
+routes, rules and iptables/nft rules, lease directories and processes.
+
+The suite snapshots this before and after a run; any difference is a leak.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+# Every namespace, lab, network and process argument a test run creates
+# starts with this, so runs side by side do not see each other as leaks.
+RUN_PREFIX = f"nlt{os.getpid() % 10000}"
+
+
+def _run(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except FileNotFoundError:
+        return ""
+
+
+def _lines(text: str) -> list[str]:
+    # drop comments and volatile counters/timestamps
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        out.append(re.sub(r"\[\d+:\d+\]", "", line))
+    return sorted(out)
+
+
+def _ours(names, prefix: str) -> list[str]:
+    return sorted(n for n in names if prefix in n)
+
+
+def snapshot(prefix: str = RUN_PREFIX) -> dict[str, list[str]]:
+    """The machine's state; for shared places (netns, dirs, processes) only what carries prefix."""
+    leases = "/var/lib/cni/networks"
+    return {
+        "netns": _ours((line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.strip()), prefix),
+        "root links": _lines(re.sub(r"\\\s+link/.*", "", _run("ip", "-o", "link", "show"))),
+        "root addresses": _lines(_run("ip", "-o", "addr", "show")),
+        "root routes": _lines(_run("ip", "route", "show", "table", "all")),
+        "root rules": _lines(_run("ip", "rule", "show")),
+        "root iptables": _lines(_run("iptables-save")),
+        "root nftables": _lines(_run("nft", "list", "ruleset")),
+        "lease dirs": _ours(os.listdir(leases) if os.path.isdir(leases) else [], prefix),
+        "netlab state": _ours(os.listdir("/run/netlab") if os.path.isdir("/run/netlab") else [], prefix),
+        "netns config": _ours(os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [], prefix),
+        "processes": _ours((line for line in _run("pgrep", "-af", prefix).splitlines()
+                            if "pytest" not in line and "pgrep" not in line), prefix),
+    }
+
+
+def diff(before: dict, after: dict) -> list[str]:
+    """Human-readable differences; empty when nothing leaked."""
+    problems = []
+    for key in before:
+        added = sorted(set(after[key]) - set(before[key]))
+        removed = sorted(set(before[key]) - set(after[key]))
+        for a in added:
+            problems.append(f"{key}: left behind: {a}")
+        for r in removed:
+            problems.append(f"{key}: removed (tests must not touch it): {r}")
+    return problems
