@@ -1,0 +1,503 @@
+"""netlab-bridge: the CNI main plugin. A veth pair from the container's
+network namespace into a node bridge, addresses and routes from IPAM,
+optional gateway, hairpin and masquerade: the reference bridge plugin's
+options and meaning, so an existing bridge config works by changing `type`.
+
+The host side is the network namespace of the calling thread, as for any
+CNI plugin. Two ways in:
+  - exec'd by a runtime: `main()` hands the request to the node's warm
+    daemon when one listens (see cni.daemon), else runs it in-process;
+  - in-process by the lab engine: `add()`, `delete()`, `check()`.
+
+Module level imports the standard library only; pyroute2 is imported by the
+commands that touch the kernel.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+
+from .. import delegate, iptables, skel, spec
+from ..netns import check_netns_path, entered
+from ..spec import CniError
+
+DEFAULT_BRIDGE = "cni0"
+# The host veth carries this alias, so GC can tell our veths (and whose they are) from any other.
+ALIAS_PREFIX = "netlab-bridge"
+
+
+@dataclass
+class BridgeConf:
+    network: str
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    mtu: int = 0
+    dns: dict | None = None
+
+
+def _bool(conf: dict, key: str) -> bool:
+    value = conf.get(key, False)
+    if not isinstance(value, bool):
+        raise CniError(spec.INVALID_CONFIG, f"{key} must be true or false, not {value!r}",
+                       f'write "{key}": true or "{key}": false')
+    return value
+
+
+def parse_conf(conf: dict) -> BridgeConf:
+    """Validate the plugin's keys (pure)."""
+    bridge = conf.get("bridge", DEFAULT_BRIDGE)
+    if not isinstance(bridge, str) or not bridge:
+        raise CniError(spec.INVALID_CONFIG, f"bridge must be an interface name, not {bridge!r}",
+                       'e.g. "bridge": "cni0"')
+    if len(bridge) > spec.IFNAME_MAX:
+        raise CniError(spec.INVALID_CONFIG, f"bridge name {bridge!r} is longer than {spec.IFNAME_MAX} characters",
+                       "Linux interface names have at most 15 characters; choose a shorter bridge name")
+    if bridge in (".", "..") or any(c in bridge for c in "/:") or any(c.isspace() for c in bridge):
+        raise CniError(spec.INVALID_CONFIG, f"bridge name {bridge!r} is not a valid interface name",
+                       "it must not be '.' or '..' nor contain '/', ':' or whitespace")
+    mtu = conf.get("mtu", 0)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not (mtu == 0 or 68 <= mtu <= 65535):
+        raise CniError(spec.INVALID_CONFIG, f"mtu {mtu!r} is invalid", "use an integer from 68 to 65535, or leave it out")
+    bc = BridgeConf(network=conf["name"], bridge=bridge,
+                    is_gateway=_bool(conf, "isGateway"), is_default_gateway=_bool(conf, "isDefaultGateway"),
+                    force_address=_bool(conf, "forceAddress"), ip_masq=_bool(conf, "ipMasq"),
+                    hairpin_mode=_bool(conf, "hairpinMode"), promisc_mode=_bool(conf, "promiscMode"),
+                    mtu=mtu, dns=conf.get("dns") or None)
+    if bc.is_default_gateway:
+        bc.is_gateway = True  # as the reference: a default gateway is a gateway
+    if bc.hairpin_mode and bc.promisc_mode:
+        raise CniError(spec.INVALID_CONFIG, "hairpinMode and promiscMode cannot both be set",
+                       "choose one: hairpinMode (per-port reflection) or promiscMode (bridge sees all frames)")
+    if bc.dns is not None and not isinstance(bc.dns, dict):
+        raise CniError(spec.INVALID_CONFIG, "dns must be an object", 'e.g. "dns": {"nameservers": ["10.96.0.10"]}')
+    delegate.ipam_type(conf)
+    return bc
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """Deterministic, so DEL and GC find it without the container's namespace."""
+    return "veth" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
+
+
+def veth_alias(network: str, container_id: str, ifname: str) -> str:
+    return f"{ALIAS_PREFIX} net={network} id={container_id} if={ifname}"
+
+
+def _parse_alias(alias: str | None) -> tuple[str, str, str] | None:
+    if not alias or not alias.startswith(ALIAS_PREFIX + " "):
+        return None
+    fields = dict(p.split("=", 1) for p in alias.split()[1:] if "=" in p)
+    if {"net", "id", "if"} <= fields.keys():
+        return fields["net"], fields["id"], fields["if"]
+    return None
+
+
+def _requested_mac(conf: dict, att: spec.Attachment) -> str | None:
+    return (att.args.get("MAC") or conf.get("args", {}).get("cni", {}).get("mac")
+            or conf.get("runtimeConfig", {}).get("mac"))
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    """Sysctls under /proc/sys/net belong to the netns of the thread that opens them."""
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError:
+        pass  # an interface-specific knob may be missing (e.g. IPv6 disabled); not fatal
+
+
+def _netlink_error(what: str, e: Exception) -> CniError:
+    return CniError(spec.INTERNAL, f"{what}: {e}", type(e).__name__)
+
+
+class _Links:
+    """Netlink sockets for the host and the container namespace, opened once per call."""
+
+    def __init__(self, container_netns: str | None):
+        from pyroute2 import IPRoute
+        self.host = IPRoute()
+        self.host_ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.cont = None
+        if container_netns:
+            with entered(container_netns):
+                self.cont = IPRoute()
+
+    def close(self):
+        self.host.close()
+        os.close(self.host_ns_fd)
+        if self.cont is not None:
+            self.cont.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _lookup(ipr, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _link(ipr, index: int):
+    return ipr.get_links(index)[0]
+
+
+def _ensure_bridge(links: _Links, bc: BridgeConf) -> int:
+    ipr = links.host
+    idx = _lookup(ipr, bc.bridge)
+    if idx is None:
+        # An explicit MAC pins it: otherwise the bridge takes the lowest port MAC and changes as pods come and go.
+        mac = bytearray(os.urandom(6))
+        mac[0] = (mac[0] & 0xFE) | 0x02
+        try:
+            ipr.link("add", ifname=bc.bridge, kind="bridge", address=":".join(f"{b:02x}" for b in mac),
+                     **({"mtu": bc.mtu} if bc.mtu else {}))
+        except Exception as e:
+            if getattr(e, "code", None) != 17:  # EEXIST: a concurrent ADD created it first
+                raise _netlink_error(f"could not create bridge {bc.bridge!r}", e)
+        idx = _lookup(ipr, bc.bridge)
+    link = _link(ipr, idx)
+    kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+    if kind != "bridge":
+        raise CniError(spec.INVALID_CONFIG, f"{bc.bridge!r} already exists and is not a bridge (it is {kind or 'a device'})",
+                       'set "bridge" to another name, or remove that interface')
+    changes = {}
+    if link.get("IFLA_OPERSTATE") != "UP" and not (link["flags"] & 1):
+        changes["state"] = "up"
+    if bc.promisc_mode and not (link["flags"] & 0x100):
+        changes["flags"] = link["flags"] | 0x100 | 1
+    if changes:
+        ipr.link("set", index=idx, **changes)
+    return idx
+
+
+def _ensure_gateway_addr(links: _Links, bc: BridgeConf, br_idx: int, gateway: str, prefix: int) -> None:
+    ipr = links.host
+    family = 6 if ":" in gateway else 4
+    gw = ipaddress.ip_address(gateway)
+    for a in ipr.get_addr(index=br_idx, family=10 if family == 6 else 2):
+        existing = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+        if existing == gw:
+            return
+        if family == 6 and existing.is_link_local:
+            continue
+        if not bc.force_address:
+            raise CniError(spec.INVALID_CONFIG,
+                           f"bridge {bc.bridge!r} already has address {existing}, not the gateway {gateway}",
+                           'set "forceAddress": true to replace it, or use a bridge per network')
+        ipr.addr("del", index=br_idx, address=str(existing), prefixlen=a["prefixlen"])
+    try:
+        ipr.addr("add", index=br_idx, address=gateway, prefixlen=prefix)
+    except Exception as e:
+        if getattr(e, "code", None) != 17:  # concurrent ADDs race on the same gateway address
+            raise _netlink_error(f"could not add {gateway}/{prefix} to {bc.bridge!r}", e)
+
+
+def _ipam_ips(ipam_result: dict) -> list[tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, str | None]]:
+    out = []
+    for ip in ipam_result.get("ips", []):
+        out.append((ipaddress.ip_interface(ip["address"]), ip.get("gateway")))
+    return out
+
+
+def cmd_add(conf: dict, att: spec.Attachment) -> dict:
+    bc = parse_conf(conf)
+    check_netns_path(att.netns)
+    with _Links(att.netns) as links:
+        if _lookup(links.cont, att.ifname) is not None:
+            raise CniError(spec.INVALID_ENV, f"CNI_IFNAME {att.ifname!r} already exists in {att.netns}",
+                           "choose another CNI_IFNAME, or DEL the existing attachment first")
+        br_idx = _ensure_bridge(links, bc)
+        ipam_result = delegate.ipam("ADD", conf, att)
+        try:
+            return _attach(links, bc, br_idx, conf, att, ipam_result)
+        except BaseException:
+            _rollback(links, bc, conf, att)
+            raise
+
+
+def _attach(links: _Links, bc: BridgeConf, br_idx: int, conf: dict, att: spec.Attachment, ipam_result: dict) -> dict:
+    host, cont = links.host, links.cont
+    host_name = host_veth_name(att.container_id, att.ifname)
+    stale = _lookup(host, host_name)
+    if stale is not None:  # left by an ADD that crashed before it could roll back
+        host.link("del", index=stale)
+    peer = {"ifname": host_name, "net_ns_fd": links.host_ns_fd}
+    extra = {"mtu": bc.mtu} if bc.mtu else {}
+    if bc.mtu:
+        peer["mtu"] = bc.mtu
+    mac = _requested_mac(conf, att)
+    if mac:
+        extra["address"] = mac
+    try:
+        cont.link("add", ifname=att.ifname, kind="veth", peer=peer, **extra)
+    except Exception as e:
+        raise _netlink_error(f"could not create veth {att.ifname}/{host_name}", e)
+
+    host_idx = _lookup(host, host_name)
+    host.link("set", index=host_idx, master=br_idx, state="up",
+              ifalias=veth_alias(bc.network, att.container_id, att.ifname))
+    if bc.hairpin_mode:
+        host.brport("set", index=host_idx, mode=1)  # IFLA_BRPORT_MODE is hairpin mode
+
+    ips = _ipam_ips(ipam_result)
+    gateways = {}
+    for iface, gw in ips:
+        if gw is None and bc.is_gateway:
+            gw = str(next(iface.network.hosts()))  # as the reference: the subnet's first address
+        if gw:
+            gateways[iface.version] = gw
+
+    cont_idx = _lookup(cont, att.ifname)
+    with entered(att.netns):
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{att.ifname}/arp_notify", "1")
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{att.ifname}/accept_dad", "0")
+    for iface, _ in ips:
+        cont.addr("add", index=cont_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    cont.link("set", index=cont_idx, state="up")
+
+    routes = list(ipam_result.get("routes", []))
+    if bc.is_default_gateway:
+        for version, gw in gateways.items():
+            dst = "0.0.0.0/0" if version == 4 else "::/0"
+            if not any(r.get("dst") == dst for r in routes):
+                routes.append({"dst": dst, "gw": gw})
+    for r in routes:
+        net = ipaddress.ip_network(r["dst"], strict=False)
+        gw = r.get("gw") or gateways.get(net.version)
+        kw = {"dst": str(net), "oif": cont_idx}
+        if gw:
+            kw["gateway"] = gw
+        try:
+            cont.route("add", **kw)
+        except Exception as e:
+            if getattr(e, "code", None) != 17:
+                raise _netlink_error(f"could not add route {r['dst']}", e)
+
+    if bc.is_gateway:
+        for iface, _ in ips:
+            gw = gateways.get(iface.version)
+            if gw:
+                _ensure_gateway_addr(links, bc, br_idx, gw, iface.network.prefixlen)
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        if 6 in gateways:
+            _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+    if bc.ip_masq:
+        iptables.setup_masquerade(bc.network, att.container_id,
+                                  [(f"{i.ip}/32", str(i.network)) for i, _ in ips if i.version == 4])
+
+    br, hv, cv = _link(host, br_idx), _link(host, host_idx), _link(cont, cont_idx)
+    result = {
+        "cniVersion": conf["cniVersion"],
+        "interfaces": [
+            {"name": bc.bridge, "mac": br.get("IFLA_ADDRESS")},
+            {"name": host_name, "mac": hv.get("IFLA_ADDRESS")},
+            {"name": att.ifname, "mac": cv.get("IFLA_ADDRESS"), "sandbox": att.netns},
+        ],
+        "ips": [dict(ip, interface=2) for ip in ipam_result.get("ips", [])],
+        "routes": routes,
+        "dns": bc.dns if bc.dns else ipam_result.get("dns", {}),
+    }
+    for ip in result["ips"]:
+        v = ipaddress.ip_interface(ip["address"]).version
+        if "gateway" not in ip and v in gateways:
+            ip["gateway"] = gateways[v]
+    if bc.mtu:
+        for i in result["interfaces"]:
+            i["mtu"] = bc.mtu
+    return result
+
+
+def _rollback(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment) -> None:
+    """Undo a half-done ADD: the veth pair, the masquerade chain, the lease."""
+    for ipr, name in ((links.cont, att.ifname), (links.host, host_veth_name(att.container_id, att.ifname))):
+        try:
+            idx = _lookup(ipr, name)
+            if idx is not None:
+                ipr.link("del", index=idx)
+        except Exception:
+            pass
+    for undo in (lambda: iptables.teardown_masquerade(bc.network, att.container_id),
+                 lambda: delegate.ipam("DEL", conf, att)):
+        try:
+            undo()
+        except Exception:
+            pass
+
+
+def cmd_del(conf: dict, att: spec.Attachment) -> None:
+    """Idempotent: whatever is already gone is fine, the netns included."""
+    bc = parse_conf(conf)
+    netns_alive = bool(att.netns) and os.path.exists(att.netns)
+    if netns_alive:
+        try:
+            check_netns_path(att.netns)
+        except CniError:
+            netns_alive = False
+    with _Links(att.netns if netns_alive else None) as links:
+        if links.cont is not None:
+            idx = _lookup(links.cont, att.ifname)
+            if idx is not None:
+                links.cont.link("del", index=idx)
+        # the host end goes with its peer, unless the netns was already unmounted but alive
+        idx = _lookup(links.host, host_veth_name(att.container_id, att.ifname))
+        if idx is not None:
+            links.host.link("del", index=idx)
+    delegate.ipam("DEL", conf, att)
+    if bc.ip_masq:  # DEL gets the config ADD got: only then is there a chain to remove
+        iptables.teardown_masquerade(bc.network, att.container_id)
+    return None
+
+
+def cmd_check(conf: dict, att: spec.Attachment) -> None:
+    bc = parse_conf(conf)
+    prev = conf.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CniError(spec.INVALID_CONFIG, "CHECK needs prevResult", "the runtime passes the ADD result as prevResult")
+    check_netns_path(att.netns)
+    problems = []
+    with _Links(att.netns) as links:
+        host, cont = links.host, links.cont
+        br_idx = _lookup(host, bc.bridge)
+        if br_idx is None:
+            problems.append(f"bridge {bc.bridge} is missing")
+        host_name = host_veth_name(att.container_id, att.ifname)
+        hv = _lookup(host, host_name)
+        if hv is None:
+            problems.append(f"host veth {host_name} is missing")
+        elif br_idx is not None and _link(host, hv).get("IFLA_MASTER") != br_idx:
+            problems.append(f"host veth {host_name} is not attached to {bc.bridge}")
+        cidx = _lookup(cont, att.ifname)
+        if cidx is None:
+            problems.append(f"interface {att.ifname} is missing in {att.netns}")
+        else:
+            ifaces = prev.get("interfaces", [])
+            have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in cont.get_addr(index=cidx)}
+            for ip in prev.get("ips", []):
+                i = ip.get("interface")
+                if i is not None and (i >= len(ifaces) or ifaces[i].get("name") != att.ifname):
+                    continue
+                want = ipaddress.ip_interface(ip["address"])
+                if (str(want.ip), want.network.prefixlen) not in have:
+                    problems.append(f"address {ip['address']} is missing on {att.ifname}")
+            routes = {(r.get("RTA_DST") or ("0.0.0.0" if r["family"] == 2 else "::"), r["dst_len"], r.get("RTA_GATEWAY"))
+                      for r in cont.get_routes(oif=cidx)}
+            for r in prev.get("routes", []):
+                net = ipaddress.ip_network(r["dst"], strict=False)
+                if not any(d == str(net.network_address) and l == net.prefixlen and (not r.get("gw") or g == r["gw"])
+                           for d, l, g in routes):
+                    problems.append(f"route {r['dst']}{' via ' + r['gw'] if r.get('gw') else ''} is missing")
+    try:
+        delegate.ipam("CHECK", conf, att)
+    except CniError as e:
+        problems.append(f"IPAM: {e.msg}")
+    if problems:
+        raise CniError(spec.CHECK_MISMATCH, "; ".join(problems), f"container {att.container_id} on {bc.network}")
+    return None
+
+
+def cmd_gc(conf: dict, att: spec.Attachment) -> None:
+    """Remove the host veths, masquerade chains and leases of attachments not in the valid list."""
+    bc = parse_conf(conf)
+    valid = spec.valid_attachments(conf)
+    valid_ids = {cid for cid, _ in valid}
+    errors = []
+    with _Links(None) as links:
+        for link in links.host.get_links():
+            owner = _parse_alias(link.get("IFLA_IFALIAS"))
+            if owner and owner[0] == bc.network and (owner[1], owner[2]) not in valid:
+                try:
+                    links.host.link("del", index=link["index"])
+                except Exception as e:
+                    errors.append(f"veth {link.get('IFLA_IFNAME')}: {e}")
+    try:
+        stale = {ch for ch, cid in iptables.masquerade_owners(bc.network).items() if cid not in valid_ids}
+        iptables.teardown_chains(stale)
+    except CniError as e:
+        errors.append(f"masquerade: {e.msg}")
+    try:
+        delegate.ipam("GC", conf, att)
+    except CniError as e:
+        errors.append(f"IPAM: {e.msg}")
+    if errors:  # GC goes on past errors, then reports them
+        raise CniError(spec.INTERNAL, "GC could not remove everything", "; ".join(errors))
+    return None
+
+
+def cmd_status(conf: dict, att: spec.Attachment) -> None:
+    bc = parse_conf(conf)
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        idx = _lookup(ipr, bc.bridge)
+        if idx is not None:
+            kind = _link(ipr, idx).get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            if kind != "bridge":
+                raise CniError(spec.NOT_AVAILABLE, f"{bc.bridge!r} exists and is not a bridge",
+                               'remove that interface or set "bridge" to another name')
+    try:
+        delegate.ipam("STATUS", conf, att)
+    except CniError as e:
+        if e.code in (spec.NOT_AVAILABLE, spec.NOT_AVAILABLE_LIMITED):
+            raise
+        raise CniError(spec.NOT_AVAILABLE, f"IPAM is not available: {e.msg}", e.details) from None
+    return None
+
+
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+
+
+# --- in-process API for the lab engine -------------------------------------------------
+
+def invoke(command: str, conf: dict, container_id: str = "", netns: str = "", ifname: str = "eth0",
+           args: dict | None = None, cni_path: list[str] | None = None) -> dict | None:
+    """Run one command in-process with the same validation as an exec'd call; raises CniError."""
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+           "CNI_ARGS": ";".join(f"{k}={v}" for k, v in (args or {}).items()),
+           "CNI_PATH": ":".join(cni_path or [])}
+    att = spec.attachment_from_env(env)
+    conf = spec.load_config(conf, command)
+    if command == "VERSION":
+        return {"cniVersion": conf["cniVersion"], "supportedVersions": spec.SUPPORTED_VERSIONS}
+    handler = HANDLERS.get(command)
+    result = handler(conf, att) if handler else None
+    return spec.convert_result(result, conf["cniVersion"]) if result else None
+
+
+def add(conf: dict, container_id: str, netns: str, ifname: str = "eth0", **kw) -> dict:
+    return invoke("ADD", conf, container_id, netns, ifname, **kw)
+
+
+def delete(conf: dict, container_id: str, netns: str = "", ifname: str = "eth0", **kw) -> None:
+    invoke("DEL", conf, container_id, netns, ifname, **kw)
+
+
+def check(conf: dict, container_id: str, netns: str, ifname: str = "eth0", **kw) -> None:
+    invoke("CHECK", conf, container_id, netns, ifname, **kw)
+
+
+# --- exec'd entry point -----------------------------------------------------------------
+
+def main() -> None:
+    if sys.argv[1:2] == ["serve"]:
+        from .. import daemon
+        sys.exit(daemon.serve_main(sys.argv[2:]))
+    from .. import daemon
+    stdin = sys.stdin.buffer.read()
+    reply = daemon.request(os.environ, stdin)
+    if reply is None:  # no warm daemon for this namespace: do the work here
+        reply = skel.execute(HANDLERS, os.environ, stdin)
+    code, out = reply
+    if out:
+        sys.stdout.write(out + "\n")
+    sys.exit(code)
