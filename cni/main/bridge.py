@@ -5,8 +5,8 @@ options and meaning, so an existing bridge config works by changing `type`.
 
 The host side is the network namespace of the calling thread, as for any
 CNI plugin. Two ways in:
-  - exec'd by a runtime: `main()` hands the request to the node's warm
-    daemon when one listens (see cni.daemon), else runs it in-process;
+  - exec'd by a runtime: cni.client hands the request to the node's warm
+    daemon when one listens (cni.daemon), else runs HANDLERS in-process;
   - in-process by the lab engine: `add()`, `delete()`, `check()`.
 
 Module level imports the standard library only; pyroute2 is imported by the
@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import sys
 from dataclasses import dataclass
 
-from .. import delegate, iptables, skel, spec
+from .. import delegate, iptables, spec
 from ..netns import check_netns_path, entered
 from ..spec import CniError
 
@@ -143,42 +142,51 @@ class _Links:
         self.close()
 
 
+def _get(ipr, name: str):
+    """The link called name, in one round trip (RTM_GETLINK by name), or None."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except Exception as e:
+        if getattr(e, "code", None) == 19:  # ENODEV
+            return None
+        raise
+
+
 def _lookup(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    link = _get(ipr, name)
+    return None if link is None else link["index"]
 
 
-def _link(ipr, index: int):
-    return ipr.get_links(index)[0]
+def _random_mac() -> str:
+    mac = bytearray(os.urandom(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in mac)
 
 
-def _ensure_bridge(links: _Links, bc: BridgeConf) -> int:
+def _ensure_bridge(links: _Links, bc: BridgeConf):
     ipr = links.host
-    idx = _lookup(ipr, bc.bridge)
-    if idx is None:
-        # An explicit MAC pins it: otherwise the bridge takes the lowest port MAC and changes as pods come and go.
-        mac = bytearray(os.urandom(6))
-        mac[0] = (mac[0] & 0xFE) | 0x02
+    link = _get(ipr, bc.bridge)
+    if link is None:
         try:
-            ipr.link("add", ifname=bc.bridge, kind="bridge", address=":".join(f"{b:02x}" for b in mac),
+            # An explicit MAC pins it: otherwise the bridge takes the lowest port MAC and changes as pods come and go.
+            ipr.link("add", ifname=bc.bridge, kind="bridge", address=_random_mac(), state="up",
                      **({"mtu": bc.mtu} if bc.mtu else {}))
         except Exception as e:
             if getattr(e, "code", None) != 17:  # EEXIST: a concurrent ADD created it first
                 raise _netlink_error(f"could not create bridge {bc.bridge!r}", e)
-        idx = _lookup(ipr, bc.bridge)
-    link = _link(ipr, idx)
+        link = _get(ipr, bc.bridge)
     kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
     if kind != "bridge":
         raise CniError(spec.INVALID_CONFIG, f"{bc.bridge!r} already exists and is not a bridge (it is {kind or 'a device'})",
                        'set "bridge" to another name, or remove that interface')
     changes = {}
-    if link.get("IFLA_OPERSTATE") != "UP" and not (link["flags"] & 1):
+    if not link["flags"] & 1:  # IFF_UP
         changes["state"] = "up"
     if bc.promisc_mode and not (link["flags"] & 0x100):
         changes["flags"] = link["flags"] | 0x100 | 1
     if changes:
-        ipr.link("set", index=idx, **changes)
-    return idx
+        ipr.link("set", index=link["index"], **changes)
+    return link
 
 
 def _ensure_gateway_addr(links: _Links, bc: BridgeConf, br_idx: int, gateway: str, prefix: int) -> None:
@@ -210,45 +218,60 @@ def _ipam_ips(ipam_result: dict) -> list[tuple[ipaddress.IPv4Interface | ipaddre
     return out
 
 
+def _create_veth(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment) -> str:
+    """The pair is born in the container's namespace, so CNI_IFNAME never clashes with a host device."""
+    host_name = host_veth_name(att.container_id, att.ifname)
+    peer = {"ifname": host_name, "net_ns_fd": links.host_ns_fd}
+    extra = {}
+    if bc.mtu:
+        extra["mtu"] = peer["mtu"] = bc.mtu
+    mac = _requested_mac(conf, att)
+    if mac:
+        extra["address"] = mac
+    for attempt in (1, 2):
+        try:
+            links.cont.link("add", ifname=att.ifname, kind="veth", peer=peer, **extra)
+            return host_name
+        except Exception as e:
+            if getattr(e, "code", None) != 17:
+                raise _netlink_error(f"could not create veth {att.ifname}/{host_name}", e)
+        if _lookup(links.cont, att.ifname) is not None:
+            raise CniError(spec.INVALID_ENV, f"CNI_IFNAME {att.ifname!r} already exists in {att.netns}",
+                           "choose another CNI_IFNAME, or DEL the existing attachment first")
+        stale = _lookup(links.host, host_name)
+        if stale is None or attempt == 2:
+            raise CniError(spec.INTERNAL, f"could not create veth {att.ifname}/{host_name}: exists", "retry the ADD")
+        links.host.link("del", index=stale)  # left by an ADD that crashed before it could roll back
+    return host_name
+
+
 def cmd_add(conf: dict, att: spec.Attachment) -> dict:
     bc = parse_conf(conf)
     check_netns_path(att.netns)
     with _Links(att.netns) as links:
-        if _lookup(links.cont, att.ifname) is not None:
-            raise CniError(spec.INVALID_ENV, f"CNI_IFNAME {att.ifname!r} already exists in {att.netns}",
-                           "choose another CNI_IFNAME, or DEL the existing attachment first")
-        br_idx = _ensure_bridge(links, bc)
-        ipam_result = delegate.ipam("ADD", conf, att)
+        br = _ensure_bridge(links, bc)
+        _create_veth(links, bc, conf, att)
         try:
-            return _attach(links, bc, br_idx, conf, att, ipam_result)
+            ipam_result = delegate.ipam("ADD", conf, att)
+        except BaseException:
+            _rollback(links, bc, conf, att, ipam=False)
+            raise
+        try:
+            return _attach(links, bc, br, conf, att, ipam_result)
         except BaseException:
             _rollback(links, bc, conf, att)
             raise
 
 
-def _attach(links: _Links, bc: BridgeConf, br_idx: int, conf: dict, att: spec.Attachment, ipam_result: dict) -> dict:
+def _attach(links: _Links, bc: BridgeConf, br, conf: dict, att: spec.Attachment, ipam_result: dict) -> dict:
     host, cont = links.host, links.cont
+    br_idx = br["index"]
     host_name = host_veth_name(att.container_id, att.ifname)
-    stale = _lookup(host, host_name)
-    if stale is not None:  # left by an ADD that crashed before it could roll back
-        host.link("del", index=stale)
-    peer = {"ifname": host_name, "net_ns_fd": links.host_ns_fd}
-    extra = {"mtu": bc.mtu} if bc.mtu else {}
-    if bc.mtu:
-        peer["mtu"] = bc.mtu
-    mac = _requested_mac(conf, att)
-    if mac:
-        extra["address"] = mac
-    try:
-        cont.link("add", ifname=att.ifname, kind="veth", peer=peer, **extra)
-    except Exception as e:
-        raise _netlink_error(f"could not create veth {att.ifname}/{host_name}", e)
-
-    host_idx = _lookup(host, host_name)
-    host.link("set", index=host_idx, master=br_idx, state="up",
+    hv = _get(host, host_name)
+    host.link("set", index=hv["index"], master=br_idx, state="up",
               ifalias=veth_alias(bc.network, att.container_id, att.ifname))
     if bc.hairpin_mode:
-        host.brport("set", index=host_idx, mode=1)  # IFLA_BRPORT_MODE is hairpin mode
+        host.brport("set", index=hv["index"], mode=1)  # IFLA_BRPORT_MODE is hairpin mode
 
     ips = _ipam_ips(ipam_result)
     gateways = {}
@@ -258,7 +281,8 @@ def _attach(links: _Links, bc: BridgeConf, br_idx: int, conf: dict, att: spec.At
         if gw:
             gateways[iface.version] = gw
 
-    cont_idx = _lookup(cont, att.ifname)
+    cv = _get(cont, att.ifname)
+    cont_idx = cv["index"]
     with entered(att.netns):
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{att.ifname}/arp_notify", "1")
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{att.ifname}/accept_dad", "0")
@@ -297,7 +321,6 @@ def _attach(links: _Links, bc: BridgeConf, br_idx: int, conf: dict, att: spec.At
         iptables.setup_masquerade(bc.network, att.container_id,
                                   [(f"{i.ip}/32", str(i.network)) for i, _ in ips if i.version == 4])
 
-    br, hv, cv = _link(host, br_idx), _link(host, host_idx), _link(cont, cont_idx)
     result = {
         "cniVersion": conf["cniVersion"],
         "interfaces": [
@@ -319,7 +342,7 @@ def _attach(links: _Links, bc: BridgeConf, br_idx: int, conf: dict, att: spec.At
     return result
 
 
-def _rollback(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment) -> None:
+def _rollback(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment, ipam: bool = True) -> None:
     """Undo a half-done ADD: the veth pair, the masquerade chain, the lease."""
     for ipr, name in ((links.cont, att.ifname), (links.host, host_veth_name(att.container_id, att.ifname))):
         try:
@@ -328,7 +351,9 @@ def _rollback(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment) -
                 ipr.link("del", index=idx)
         except Exception:
             pass
-    for undo in (lambda: iptables.teardown_masquerade(bc.network, att.container_id),
+    if not ipam:
+        return
+    for undo in (lambda: iptables.teardown_masquerade(bc.network, att.container_id) if bc.ip_masq else None,
                  lambda: delegate.ipam("DEL", conf, att)):
         try:
             undo()
@@ -373,10 +398,10 @@ def cmd_check(conf: dict, att: spec.Attachment) -> None:
         if br_idx is None:
             problems.append(f"bridge {bc.bridge} is missing")
         host_name = host_veth_name(att.container_id, att.ifname)
-        hv = _lookup(host, host_name)
+        hv = _get(host, host_name)
         if hv is None:
             problems.append(f"host veth {host_name} is missing")
-        elif br_idx is not None and _link(host, hv).get("IFLA_MASTER") != br_idx:
+        elif br_idx is not None and hv.get("IFLA_MASTER") != br_idx:
             problems.append(f"host veth {host_name} is not attached to {bc.bridge}")
         cidx = _lookup(cont, att.ifname)
         if cidx is None:
@@ -439,9 +464,9 @@ def cmd_status(conf: dict, att: spec.Attachment) -> None:
     bc = parse_conf(conf)
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
-        idx = _lookup(ipr, bc.bridge)
-        if idx is not None:
-            kind = _link(ipr, idx).get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+        link = _get(ipr, bc.bridge)
+        if link is not None:
+            kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
             if kind != "bridge":
                 raise CniError(spec.NOT_AVAILABLE, f"{bc.bridge!r} exists and is not a bridge",
                                'remove that interface or set "bridge" to another name')
@@ -484,20 +509,3 @@ def delete(conf: dict, container_id: str, netns: str = "", ifname: str = "eth0",
 
 def check(conf: dict, container_id: str, netns: str, ifname: str = "eth0", **kw) -> None:
     invoke("CHECK", conf, container_id, netns, ifname, **kw)
-
-
-# --- exec'd entry point -----------------------------------------------------------------
-
-def main() -> None:
-    if sys.argv[1:2] == ["serve"]:
-        from .. import daemon
-        sys.exit(daemon.serve_main(sys.argv[2:]))
-    from .. import daemon
-    stdin = sys.stdin.buffer.read()
-    reply = daemon.request(os.environ, stdin)
-    if reply is None:  # no warm daemon for this namespace: do the work here
-        reply = skel.execute(HANDLERS, os.environ, stdin)
-    code, out = reply
-    if out:
-        sys.stdout.write(out + "\n")
-    sys.exit(code)
