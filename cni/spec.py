@@ -27,6 +27,7 @@ NOT_AVAILABLE = 50
 NOT_AVAILABLE_LIMITED = 51
 # 100+ are free for plugins; ours:
 CHECK_MISMATCH = 100
+DUPLICATE_ALLOCATION = 101  # a second ADD for the same (containerID, ifname)
 INTERNAL = 999  # what libcni's skel reports for an untyped error
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
