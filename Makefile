@@ -9,7 +9,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	$(PY) -m netlab.demo
+	$(PY) -m netlab.cni_demo
 
 test: bootstrap
 	$(PY) -m pytest -ra
