@@ -60,7 +60,6 @@ class Namespaces:
     def cleanup(self):
         for name in reversed(self.names):
             # processes first, or the namespace lives on through them
-            subprocess.run(["ip", "netns", "pids", name], capture_output=True)
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 try:

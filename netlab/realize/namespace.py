@@ -1,0 +1,211 @@
+"""Named network namespaces and the two ways we act inside one: a netlink
+socket opened there, and a child process forked there.
+
+Every realizer goes through `iproute()` / `run_in()`, and both refuse the
+root namespace: emulated labs must never change the host's own networking.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import time
+
+from pyroute2 import IPRoute
+
+from cni import netns as _netns
+
+NETNS_DIR = "/run/netns"
+_NS_GET_NSTYPE = 0xB703
+
+
+class RootNamespaceError(RuntimeError):
+    """Raised instead of touching the host's root network namespace."""
+
+
+def _ns_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+# Both init's namespace and the one this process started in count as "root":
+# in a container they differ, and neither is ours to change.
+_FORBIDDEN = set()
+for _p in ("/proc/1/ns/net", "/proc/self/ns/net"):
+    try:
+        _FORBIDDEN.add(_ns_id(_p))
+    except OSError:
+        pass
+
+
+def _target(name: str) -> str:
+    if not name:
+        raise RootNamespaceError("no namespace given: realizers never act in the root namespace")
+    path = _netns.path_of(name)
+    if _ns_id(path) in _FORBIDDEN:
+        raise RootNamespaceError(f"{name!r} is the root network namespace; refusing to change it")
+    return path
+
+
+def netns_exists(name: str) -> bool:
+    """True when name is a mounted network namespace (a stale empty file is not)."""
+    try:
+        fd = os.open(_netns.path_of(name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _netns.CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def ensure_netns(name: str, *, lo_up: bool = True) -> bool:
+    """Create the named namespace (visible in `ip netns list`) unless it exists.
+
+    Returns True when it was created. Uses `ip netns add` so /run/netns gets
+    the same shared-mount setup every other tool expects.
+    """
+    if "/" in name or not name:
+        raise ValueError(f"namespace name {name!r} must be a plain name")
+    created = False
+    if not netns_exists(name):
+        path = _netns.path_of(name)
+        if os.path.lexists(path):
+            # a crash between creating the mount point and binding it leaves
+            # a plain file that makes `ip netns add` fail with EEXIST
+            os.unlink(path)
+        res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        if res.returncode != 0 and not netns_exists(name):
+            raise RuntimeError(f"ip netns add {name}: {res.stderr.strip()}")
+        created = res.returncode == 0
+    if lo_up:
+        with iproute(name) as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+    return created
+
+
+def pids_in_netns(name: str) -> list[int]:
+    """Processes whose network namespace is the named one (like `ip netns pids`)."""
+    try:
+        want = _ns_id(_netns.path_of(name))
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if _ns_id(f"/proc/{entry}/ns/net") == want:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_netns_processes(name: str, grace: float = 1.0) -> list[int]:
+    """SIGTERM everything in the namespace, SIGKILL what is left after grace."""
+    me = os.getpid()
+    pids = [p for p in pids_in_netns(name) if p != me]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            if not pids:
+                return []
+            time.sleep(0.02)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def remove_netns(name: str, *, kill: bool = True, grace: float = 1.0) -> bool:
+    """Delete the named namespace; absent is fine. Returns True if it existed.
+
+    Processes left in it would keep the namespace (and its links) alive after
+    the name is gone, so they are stopped first unless kill=False.
+    """
+    path = _netns.path_of(name)
+    if not os.path.lexists(path):
+        return False
+    if netns_exists(name):
+        _target(name)  # never unmount the root namespace, whatever it is called
+        if kill:
+            kill_netns_processes(name, grace)
+    res = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)
+    if res.returncode != 0 and os.path.lexists(path):
+        raise RuntimeError(f"ip netns del {name}: {res.stderr.strip()}")
+    return True
+
+
+@contextlib.contextmanager
+def iproute(name: str):
+    """An IPRoute socket bound to the named namespace (opened there, used anywhere)."""
+    path = _target(name)
+    with _netns.entered(path):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def run_in(name: str, argv: list[str], *, input: str | None = None,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the namespace: the child is forked from a thread that
+    entered it, which avoids `ip netns exec`'s /sys remount."""
+    path = _target(name)
+    with _netns.entered(path):
+        res = subprocess.run(argv, input=input, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} in netns {name}: exit {res.returncode}: "
+                           f"{res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def _sysctl_path(key: str) -> str:
+    # like sysctl(8): with a "/" in the key (an ifname containing dots,
+    # e.g. net/ipv4/conf/flannel.1/rp_filter) the key is already a path
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+
+
+def set_sysctl(name: str, key: str, value: str | int) -> bool:
+    """Write a net.* sysctl in the namespace; /proc/sys/net resolves against the
+    calling thread's namespace at open time. Returns True if it changed."""
+    if not key.startswith(("net.", "net/")):
+        raise ValueError(f"{key}: only per-namespace net.* sysctls may be set")
+    path = _target(name)
+    with _netns.entered(path):
+        with open(_sysctl_path(key)) as f:
+            if f.read().strip() == str(value):
+                return False
+        with open(_sysctl_path(key), "w") as f:
+            f.write(str(value))
+    return True
+
+
+def get_sysctl(name: str, key: str) -> str | None:
+    with _netns.entered(_netns.path_of(name)):
+        try:
+            with open(_sysctl_path(key)) as f:
+                return f.read().strip()
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
