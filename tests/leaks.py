@@ -11,7 +11,8 @@ import subprocess
 
 # Every namespace, lab, network and process argument a test run creates
 # starts with this, so runs side by side do not see each other as leaks.
-RUN_PREFIX = f"nlt{os.getpid() % 10000}"
+# Short (5 characters) because lab names, which carry it, are at most 10.
+RUN_PREFIX = "nl" + "".join("0123456789abcdefghijklmnopqrstuvwxyz"[os.getpid() // 36 ** i % 36] for i in (2, 1, 0))
 
 
 def _run(*cmd: str) -> str:
@@ -49,8 +50,9 @@ def snapshot(prefix: str = RUN_PREFIX) -> dict[str, list[str]]:
         "lease dirs": _ours(os.listdir(leases) if os.path.isdir(leases) else [], prefix),
         "netlab state": _ours(os.listdir("/run/netlab") if os.path.isdir("/run/netlab") else [], prefix),
         "netns config": _ours(os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [], prefix),
-        "processes": _ours((line for line in _run("pgrep", "-af", prefix).splitlines()
-                            if "pytest" not in line and "pgrep" not in line), prefix),
+        # our processes carry the prefix (agents: --lab) or run our modules (pods' echo servers)
+        "processes": sorted(line for line in _run("pgrep", "-af", f"{prefix}|netlab[.]workload|netlab[.]agent").splitlines()
+                            if "pytest" not in line and "pgrep" not in line),
     }
 
 

@@ -11,7 +11,7 @@ from . import addressing, names
 from .dns import pod_resolv_conf, resolv_conf
 from .errors import ModelError, Problem
 from .lab import API_VERSION, PROXY_MODES, VXLAN, External, Lab, Node, Underlay, load_lab, parse_lab
-from .manifests import load_manifests, merge_objects, parse_manifests, remove_objects
+from .manifests import load_manifests, merge_objects, object_from_dict, parse_manifests, remove_objects
 from .scheduling import node_labels, schedule
 from .workloads import (BUILTIN_NAMESPACES, Container, ContainerPort, Deployment, DNSConfig, EnvVar, LabelSelector,
                         Namespace, Object, OwnerRef, Pod, PodSpec, PodTemplate, Service, ServicePort, expand,
@@ -21,7 +21,7 @@ __all__ = [
     "API_VERSION", "BUILTIN_NAMESPACES", "PROXY_MODES", "Container", "ContainerPort", "DNSConfig", "Deployment",
     "EnvVar", "External", "Lab", "LabelSelector", "ModelError", "Namespace", "Node", "Object", "OwnerRef", "Pod",
     "PodSpec", "PodTemplate", "Problem", "Service", "ServicePort", "Underlay", "VXLAN", "addressing", "expand",
-    "load_lab", "load_manifests", "merge_objects", "names", "node_labels", "object_key", "parse_lab",
+    "load_lab", "load_manifests", "merge_objects", "names", "object_from_dict", "node_labels", "object_key", "parse_lab",
     "parse_manifests", "pod_resolv_conf", "pod_template_hash", "remove_objects", "replica_names", "resolv_conf",
     "schedule",
 ]

@@ -26,6 +26,14 @@ def parse_manifests(text: str, source: str = "<text>", *, path: str = "") -> lis
     return objects
 
 
+def object_from_dict(data: dict, source: str = "<dict>") -> Object:
+    """One object from its to_dict() form (as the state store keeps it)."""
+    problems = Problems()
+    objects = parse_object(data, source, problems)
+    problems.raise_if_any()
+    return objects[0]
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         # like kubectl apply -f DIR: the manifest files in it, in name order

@@ -31,14 +31,27 @@ def _ns_id(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-# Both init's namespace and the one this process started in count as "root":
-# in a container they differ, and neither is ours to change.
+# The host's namespace: init's (when readable) and the one the CLI started in.
+# A node agent starts inside its node's namespace, so the CLI hands it the
+# host's identity in HOST_NETNS_ENV ("dev:ino") instead of letting it guess.
+HOST_NETNS_ENV = "NETLAB_HOST_NETNS"
+
+
+def host_netns_id() -> str:
+    """This process's view of the host namespace, to pass to processes started in a lab namespace."""
+    if os.environ.get(HOST_NETNS_ENV):
+        return os.environ[HOST_NETNS_ENV]
+    dev, ino = _ns_id("/proc/self/ns/net")
+    return f"{dev}:{ino}"
+
+
 _FORBIDDEN = set()
-for _p in ("/proc/1/ns/net", "/proc/self/ns/net"):
-    try:
-        _FORBIDDEN.add(_ns_id(_p))
-    except OSError:
-        pass
+try:
+    _FORBIDDEN.add(_ns_id("/proc/1/ns/net"))
+except OSError:
+    pass
+_dev, _, _ino = host_netns_id().partition(":")
+_FORBIDDEN.add((int(_dev), int(_ino)))
 
 
 def _target(name: str) -> str:
@@ -108,6 +121,26 @@ def pids_in_netns(name: str) -> list[int]:
     return pids
 
 
+def pids_by_netns(names: list[str]) -> dict[str, list[int]]:
+    """pids_in_netns for many namespaces in one pass over /proc (lab teardown)."""
+    ids = {}
+    for name in names:
+        try:
+            ids[_ns_id(_netns.path_of(name))] = name
+        except OSError:
+            continue
+    out: dict[str, list[int]] = {name: [] for name in ids.values()}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                name = ids.get(_ns_id(f"/proc/{entry}/ns/net"))
+            except OSError:
+                continue
+            if name is not None:
+                out[name].append(int(entry))
+    return out
+
+
 def kill_netns_processes(name: str, grace: float = 1.0) -> list[int]:
     """SIGTERM everything in the namespace, SIGKILL what is left after grace."""
     me = os.getpid()
@@ -120,14 +153,15 @@ def kill_netns_processes(name: str, grace: float = 1.0) -> list[int]:
                 pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
         while time.monotonic() < deadline:
-            pids = [p for p in pids if _alive(p)]
+            pids = [p for p in pids if process_alive(p)]
             if not pids:
                 return []
             time.sleep(0.02)
     return pids
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

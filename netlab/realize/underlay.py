@@ -98,14 +98,15 @@ def _set_only_address(ipr, index: int, address: str) -> None:
 
 def ensure_underlay_port(underlay_ns: str, host_ns: str, address: str, *,
                          ifname: str = "eth0", bridge: str = DEFAULT_BRIDGE,
-                         mtu: int = DEFAULT_MTU) -> str:
+                         mtu: int = DEFAULT_MTU, port_name: str | None = None) -> str:
     """Connect host_ns to the underlay: `ifname` (with `address`, CIDR form)
     in host_ns, its veth peer enslaved to the underlay bridge.
 
+    port_name names the underlay-side end (default: underlay_port_name()).
     Returns the underlay-side name. A pair that exists but is not this pair
     (for instance one end replaced by hand) is recreated.
     """
-    uname = underlay_port_name(host_ns, ifname)
+    uname = port_name or underlay_port_name(host_ns, ifname)
     alias = f"{host_ns}:{ifname}"  # who owns this port, for humans and cleanup
     ipaddress.ip_interface(address)  # fail before creating anything
     with iproute(underlay_ns) as u, iproute(host_ns) as h:
@@ -149,9 +150,10 @@ def ensure_underlay_port(underlay_ns: str, host_ns: str, address: str, *,
     return uname
 
 
-def remove_underlay_port(underlay_ns: str, host_ns: str, ifname: str = "eth0") -> bool:
+def remove_underlay_port(underlay_ns: str, host_ns: str, ifname: str = "eth0",
+                         port_name: str | None = None) -> bool:
     """Delete host_ns's underlay veth (both ends). Absent pieces are fine."""
-    uname = underlay_port_name(host_ns, ifname)
+    uname = port_name or underlay_port_name(host_ns, ifname)
     for ns, name in ((underlay_ns, uname), (host_ns, ifname)):
         if not namespace.netns_exists(ns):
             continue

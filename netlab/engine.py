@@ -1,0 +1,319 @@
+"""The lab engine behind the CLI: writes desired state, builds what lives
+outside any node (underlay, node namespaces, the external host), starts one
+agent per node, and waits for them to converge — like kubectl with the
+kubelets and flanneld doing the work.
+
+`down` finds everything from the lab's name alone (every namespace is
+"<lab>-..."; lab names have no '-'), so it works after `up` was killed at any
+point and after agents died.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from . import state
+from .model import Lab, ModelError, load_lab, load_manifests, merge_objects, names, remove_objects
+from .progress import Progress
+from .realize import ensure_netns, ensure_node, ensure_underlay, ensure_underlay_port, remove_netns
+from .realize.namespace import HOST_NETNS_ENV, host_netns_id, netns_exists, pids_by_netns, process_alive
+from .store import open_store
+from .store.subnets import find_lease, release_lease
+
+AGENT_START_TIMEOUT = 30.0
+
+
+class LabError(Exception):
+    """A user-facing failure: the message says what and how to fix it."""
+
+
+# --- which lab -----------------------------------------------------------------------------
+
+def resolve_lab(name: str | None) -> str:
+    """The lab a command is about: the one named, or the only one running."""
+    labs = state.list_labs()
+    if name:
+        if name not in labs and not state.LabPaths(name).exists():
+            raise LabError(f"lab {name!r} is not running" + (f" (running: {', '.join(labs)})" if labs else
+                                                              "; start it with: kube-netlab up LAB.yaml"))
+        return name
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is running; start one with: kube-netlab up topologies/two-node.yaml")
+    raise LabError(f"several labs are running ({', '.join(labs)}); choose one with --lab NAME")
+
+
+def open_lab(name: str):
+    paths = state.LabPaths(name)
+    store = open_store(paths.store)
+    doc = store.get_json(state.LAB_KEY)
+    if doc is None:
+        raise LabError(f"lab {name!r} has no recorded state; run kube-netlab down {name} and up again")
+    return paths, store, Lab.from_dict(doc, source=state.LAB_KEY)
+
+
+# --- up ------------------------------------------------------------------------------------
+
+def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: Progress | None = None) -> Lab:
+    lab = load_lab(path, name=name)   # ModelError before anything is created
+    progress = progress or Progress(enabled=False)
+    paths = state.LabPaths(lab.name)
+    os.makedirs(paths.dir, exist_ok=True)
+    store = open_store(paths.store)
+    old_doc = store.get_json(state.LAB_KEY)
+    if old_doc is not None:
+        old = Lab.from_dict(old_doc, source=state.LAB_KEY)
+        _check_compatible(old, lab)
+        lab = lab.with_objects(merge_objects(old.objects, lab.objects))
+        for gone in sorted(set(old.node_names) - set(lab.node_names)):
+            progress.note(f"removing node {gone}")
+            _remove_node(paths, store, old, gone)
+
+    steps = 1 + len(lab.nodes) + (1 if lab.external else 0)
+    progress.start("underlay and nodes", steps)
+    ensure_underlay(lab.underlay_netns, bridge=names.UNDERLAY_BRIDGE, mtu=lab.underlay.mtu)
+    progress.advance()
+    prefix = lab.underlay.cidr.prefixlen
+    if lab.external:
+        ensure_netns(lab.external_netns)
+        ensure_underlay_port(lab.underlay_netns, lab.external_netns, f"{lab.external.ip}/{prefix}",
+                             ifname=names.EXTERNAL_UPLINK, bridge=names.UNDERLAY_BRIDGE,
+                             mtu=lab.underlay.mtu, port_name=names.EXTERNAL_PORT)
+        progress.advance()
+    for node in lab.nodes:
+        ns = lab.node_netns(node.name)
+        ensure_netns(ns)
+        ensure_node(ns)
+        ensure_underlay_port(lab.underlay_netns, ns, f"{node.underlay_ip}/{prefix}", ifname=names.NODE_UPLINK,
+                             bridge=names.UNDERLAY_BRIDGE, mtu=lab.underlay.mtu,
+                             port_name=names.underlay_port(node.name))
+        progress.advance()
+
+    _write_desired(store, lab)
+    for node in lab.nodes:
+        if not state.agent_alive(paths, node.name):
+            start_agent(paths, lab, node.name)
+    wait_ready(store, paths, lab, timeout, progress)
+    return lab
+
+
+def _check_compatible(old: Lab, new: Lab) -> None:
+    for field, a, b in (("podCIDR", old.pod_cidr, new.pod_cidr), ("serviceCIDR", old.service_cidr, new.service_cidr),
+                        ("underlay.cidr", old.underlay.cidr, new.underlay.cidr), ("vxlan", old.vxlan, new.vxlan)):
+        if a != b:
+            raise LabError(f"lab {new.name!r} is running with {field} {a}; the file says {b}. "
+                           f"Run kube-netlab down {new.name} first to rebuild it with the new value")
+    for n in new.nodes:
+        if n.name in old.node_names and old.node(n.name).underlay_ip != n.underlay_ip:
+            raise LabError(f"node {n.name} is running with underlay IP {old.node(n.name).underlay_ip}, the file says "
+                           f"{n.underlay_ip}; remove the node first (or run kube-netlab down {new.name})")
+
+
+def _write_desired(store, lab: Lab) -> None:
+    """The lab document and one key per pod, scheduled; pods no longer wanted are deleted."""
+    store.put(state.LAB_KEY, state.dumps(lab.to_dict()))
+    current = {}
+    for kv in store.list(state.PODS):
+        spec = json.loads(kv.value).get("spec", {})
+        if spec.get("nodeName") in lab.node_names:
+            current[kv.key[len(state.PODS):]] = spec["nodeName"]
+    wanted = {}
+    for pod in lab.scheduled_pods(current):
+        wanted[state.pod_key(pod.namespace, pod.name)] = state.dumps(pod.to_dict())
+    for kv in store.list(state.PODS):
+        if kv.key not in wanted:
+            store.delete(kv.key)
+    for key, value in wanted.items():
+        kv = store.get(key)
+        if kv is None or kv.value != value:
+            store.put(key, value)
+
+
+def start_agent(paths: state.LabPaths, lab: Lab, node: str) -> int:
+    os.makedirs(os.path.dirname(paths.agent_pid(node)), exist_ok=True)
+    os.makedirs(os.path.dirname(paths.agent_log(node)), exist_ok=True)
+    # nsenter --net, not `ip netns exec`: the latter also gives a private mount namespace, and the
+    # pod namespaces the agent mounts under /run/netns would then be invisible to everyone else
+    argv = ["nsenter", f"--net=/run/netns/{lab.node_netns(node)}", "--", sys.executable, "-m", "netlab.agent",
+            "--lab", lab.name, "--node", node]
+    env = dict(os.environ, **{HOST_NETNS_ENV: host_netns_id()})  # so the agent knows what never to touch
+    with open(paths.agent_log(node), "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", env=env,
+                                start_new_session=True, close_fds=True)  # outlives the CLI
+    state.write_file(paths.agent_pid(node), f"{proc.pid}\n")
+    return proc.pid
+
+
+def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress: Progress) -> None:
+    """Until every node reports ready and every pod runs (or has completed)."""
+    want_pods = {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
+    total = len(lab.nodes) + len(want_pods)
+    progress.start("nodes and pods", total)
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes, pods = node_statuses(store), pod_statuses(store)
+        ready_nodes = [n for n in lab.node_names if nodes.get(n, {}).get("ready")]
+        done = [k for k in want_pods if pods.get(k, {}).get("phase") in ("Running", "Succeeded")]
+        failed = {k: pods[k] for k in want_pods if pods.get(k, {}).get("phase") == "Failed"}
+        progress.update(len(ready_nodes) + len(done),
+                        f"nodes {len(ready_nodes)}/{len(lab.nodes)} ready, pods {len(done)}/{len(want_pods)} running")
+        if len(ready_nodes) == len(lab.nodes) and len(done) == len(want_pods):
+            progress.finish()
+            return
+        dead = [n for n in lab.node_names if n not in ready_nodes and not state.agent_alive(paths, n)]
+        if dead or failed or time.monotonic() > deadline:
+            progress.finish()
+            problems = [f"node {n}: agent exited; see {paths.agent_log(n)}" for n in dead]
+            problems += [f"pod {k}: {st.get('message') or 'a container exited'}" for k, st in failed.items()]
+            if not problems:
+                problems = [f"not ready after {timeout:.0f}s: nodes {len(ready_nodes)}/{len(lab.nodes)}, "
+                            f"pods {len(done)}/{len(want_pods)}; see {paths.dir}/logs"]
+            raise LabError("; ".join(problems) + f". Inspect with kube-netlab status --lab {lab.name}, "
+                                                 f"or tear down with kube-netlab down {lab.name}")
+        time.sleep(0.1)
+
+
+def node_statuses(store) -> dict[str, dict]:
+    return {kv.key[len(state.NODE_STATUS):]: json.loads(kv.value) for kv in store.list(state.NODE_STATUS)}
+
+
+def pod_statuses(store) -> dict[str, dict]:
+    return {kv.key[len(state.POD_STATUS):]: json.loads(kv.value) for kv in store.list(state.POD_STATUS)}
+
+
+# --- apply / delete ------------------------------------------------------------------------
+
+def apply(lab_name: str, path: str, *, timeout: float = 60.0, progress: Progress | None = None) -> list:
+    paths, store, lab = open_lab(lab_name)
+    objects = load_manifests(path)
+    new = lab.with_objects(merge_objects(lab.objects, objects))
+    _write_desired(store, new)
+    wait_ready(store, paths, new, timeout, progress or Progress(enabled=False))
+    return objects
+
+
+def delete(lab_name: str, path: str, *, timeout: float = 60.0) -> list:
+    paths, store, lab = open_lab(lab_name)
+    objects = load_manifests(path)
+    new = lab.with_objects(remove_objects(lab.objects, objects))
+    _write_desired(store, new)
+    gone = {k for k in pod_statuses(store)} - {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
+    deadline = time.monotonic() + timeout
+    while gone & set(pod_statuses(store)) and time.monotonic() < deadline:  # agents remove them
+        time.sleep(0.1)
+    return objects
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+def remove_node(lab_name: str, node: str, *, timeout: float = 60.0) -> None:
+    """Take a node out: its agent, pods and namespace go; its lease goes, so every other
+    node drops the neighbour, FDB entry and route to it; its pods are rescheduled."""
+    paths, store, lab = open_lab(lab_name)
+    if node not in lab.node_names:
+        raise LabError(f"lab {lab_name!r} has no node {node!r} (nodes: {', '.join(lab.node_names)})")
+    if len(lab.nodes) == 1:
+        raise LabError(f"{node} is the lab's only node; use kube-netlab down {lab_name}")
+    _remove_node(paths, store, lab, node)
+    from dataclasses import replace
+    new = replace(lab, nodes=tuple(n for n in lab.nodes if n.name != node))
+    _write_desired(store, new)
+    wait_ready(store, paths, new, timeout, Progress(enabled=False))
+
+
+def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
+    pid = state.agent_alive(paths, node)
+    if pid:
+        _kill([pid])
+    node_ns = lab.node_netns(node)
+    prefix_pods = []
+    for kv in store.list(state.POD_STATUS):
+        st = json.loads(kv.value)
+        if st.get("node") == node:
+            prefix_pods.append(st.get("netns"))
+            store.delete(kv.key)
+    for kv in store.list(state.PODS):
+        if json.loads(kv.value).get("spec", {}).get("nodeName") == node:
+            store.delete(kv.key)
+    _teardown_namespaces([n for n in [*prefix_pods, node_ns] if n])
+    lease = find_lease(store, lab.node(node).underlay_ip)
+    if lease:
+        release_lease(store, lease)
+    store.delete(state.node_status_key(node))
+    shutil.rmtree(os.path.join(state.CNI_DATA_DIR, names.cni_network(lab.name, node)), ignore_errors=True)
+    shutil.rmtree(paths.node_dir(node), ignore_errors=True)
+    for f in (paths.agent_pid(node),):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+
+
+# --- down ----------------------------------------------------------------------------------
+
+def down(lab_name: str) -> list[str]:
+    """Remove everything of the lab; returns the namespaces removed. Idempotent."""
+    _kill(state.agent_pids(lab_name))
+    ours = [n for n in list_netns() if names.belongs_to(lab_name, n)]
+    _teardown_namespaces(ours)
+    for d in _listdir(state.NETNS_ETC):
+        if names.belongs_to(lab_name, d):
+            shutil.rmtree(os.path.join(state.NETNS_ETC, d), ignore_errors=True)
+    for d in _listdir(state.CNI_DATA_DIR):
+        if names.belongs_to(lab_name, d):
+            shutil.rmtree(os.path.join(state.CNI_DATA_DIR, d), ignore_errors=True)
+    state.LabPaths(lab_name).remove()
+    for d in (state.NETNS_ETC, state.CNI_DATA_DIR):
+        try:
+            os.rmdir(d)  # only when empty: other tools may keep files there
+        except OSError:
+            pass
+    return ours
+
+
+def _teardown_namespaces(netns_names: list[str]) -> None:
+    from cni.client import socket_path
+    by_ns = pids_by_netns(netns_names)
+    _kill([p for pids in by_ns.values() for p in pids if p != os.getpid()])
+    for ns in netns_names:
+        if netns_exists(ns):
+            # a killed agent leaves its CNI daemon socket, named after the namespace's inode
+            try:
+                sock = socket_path(inode=os.stat(f"/run/netns/{ns}").st_ino)
+                os.unlink(sock)
+                os.rmdir(os.path.dirname(sock))
+            except OSError:
+                pass
+        remove_netns(ns, kill=False)
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL at once: nothing of ours needs to clean up after itself, down does."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+        time.sleep(0.01)
+
+
+def list_netns() -> list[str]:
+    return _listdir("/run/netns")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+__all__ = ["LabError", "ModelError", "apply", "delete", "down", "remove_node", "resolve_lab", "up"]

@@ -1,0 +1,275 @@
+"""The pod runtime a node agent drives, like the kubelet with a CRI runtime.
+
+A pod is:
+  - a named network namespace, <lab>-<ns>.<pod> (visible in `ip netns list`);
+  - /etc/netns/<netns>/resolv.conf written like the kubelet's, which
+    `ip netns exec` bind-mounts over /etc/resolv.conf;
+  - a "pause" process holding the pod's UTS namespace (its hostname) and the
+    mount namespace with that resolv.conf, as Kubernetes' pause container does;
+  - eth0 from netlab-bridge, called in-process (the agent runs in the node's
+    namespace, which is the CNI host side);
+  - one process per container, entered into the pause process's namespaces:
+    the container's command, or the built-in echo server on its ports.
+
+Runs inside the node's network namespace.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from cni.main import bridge
+from cni.spec import CniError
+
+from .model import Lab, Pod, pod_resolv_conf
+from .realize import ensure_netns, netns_exists, remove_netns
+from .realize.namespace import process_alive
+from .state import NETNS_ETC, LabPaths
+
+CNI_VERSION = "1.1.0"
+
+
+def cni_conf(lab: Lab, node: str, subnet: str, mtu: int) -> dict:
+    """The node's pod network, shaped like flannel's CNI config delegating to bridge
+    (hairpinMode, isDefaultGateway, no ipMasq: the node's flannel rules masquerade)."""
+    from .model import names
+    return {"cniVersion": CNI_VERSION, "name": names.cni_network(lab.name, node), "type": "netlab-bridge",
+            "bridge": names.NODE_BRIDGE, "isGateway": True, "isDefaultGateway": True, "hairpinMode": True,
+            "ipMasq": False, "mtu": mtu,
+            "ipam": {"type": "netlab-ipam", "ranges": [[{"subnet": subnet}]]}}
+
+
+def container_id(pod: Pod) -> str:
+    """CNI_CONTAINERID: <namespace>_<pod>, readable in `ls /var/lib/cni/networks/...`."""
+    return f"{pod.namespace}_{pod.name}"
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    argv: list[str]
+    restarts: int = 0
+    exit_code: int | None = None
+    child: subprocess.Popen | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        if self.child is not None:
+            return self.child.poll() is None
+        return process_alive(self.pid)
+
+    def poll_exit(self) -> int | None:
+        if self.child is not None:
+            return self.child.poll()
+        return None if process_alive(self.pid) else -1
+
+
+def _spawn(argv: list[str], log_path: str, env: dict | None = None) -> subprocess.Popen:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        # own session: stopping the agent does not stop the pods, as with a kubelet restart
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env=env, close_fds=True)
+
+
+def _container_argv(pod: Pod, container) -> list[str]:
+    if container.runs_echo_server:
+        argv = [sys.executable, "-m", "netlab.workload.echo", "--pod", pod.name]
+        for p in container.ports:
+            argv += [f"--{p.protocol.lower()}", str(p.container_port)]
+        return argv
+    return list(container.argv)
+
+
+def _container_env(lab: Lab, pod: Pod, container) -> dict:
+    env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+           "HOSTNAME": pod.hostname,
+           "KUBERNETES_SERVICE_HOST": str(lab.kubernetes_service_ip), "KUBERNETES_SERVICE_PORT": "443",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    for e in container.env:
+        env[e.name] = e.value
+    return env
+
+
+class PodRuntime:
+    def __init__(self, lab: Lab, node: str, paths: LabPaths, conf: dict):
+        self.lab, self.node, self.paths, self.conf = lab, node, paths, conf
+        self.pause: dict[str, Proc] = {}
+        self.containers: dict[str, list[Proc]] = {}
+        self.pod_ips: dict[str, str | None] = {}
+
+    # --- create ---------------------------------------------------------------------
+    def create(self, pod: Pod, adopt: dict | None = None) -> dict:
+        """Converge one pod; adopt is its last status (after an agent restart)."""
+        netns = pod.netns(self.lab.name)
+        if adopt and self._adopt(pod, adopt):
+            return self.status(pod)
+        ensure_netns(netns)
+        self._write_resolv_conf(pod, netns)
+        self.pod_ips[pod.key] = self._attach(pod, netns)
+        pause = self._start_pause(pod, netns)
+        self.pause[pod.key] = pause
+        self.containers[pod.key] = [self._start_container(pod, c, pause.pid) for c in pod.containers]
+        return self.status(pod)
+
+    def _write_resolv_conf(self, pod: Pod, netns: str) -> None:
+        d = os.path.join(NETNS_ETC, netns)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "resolv.conf"), "w") as f:
+            f.write(pod_resolv_conf(pod, self.lab))
+
+    def _attach(self, pod: Pod, netns: str) -> str:
+        path = f"/run/netns/{netns}"
+        cid = container_id(pod)
+        try:
+            result = bridge.add(self.conf, cid, path)
+        except CniError as e:
+            if "already exists" not in e.msg:
+                raise
+            # a restarted agent re-creating a pod whose network survived: take it from scratch
+            bridge.delete(self.conf, cid, path)
+            result = bridge.add(self.conf, cid, path)
+        return result["ips"][0]["address"].split("/")[0]
+
+    def _start_pause(self, pod: Pod, netns: str) -> Proc:
+        # ip netns exec: network namespace + a mount namespace with /etc/netns/<netns>/* bound over /etc;
+        # unshare --uts: the pod's own hostname.
+        argv = ["ip", "netns", "exec", netns, "unshare", "--uts", "--", "sh", "-c",
+                'hostname "$0" && exec sleep infinity', pod.hostname]
+        child = _spawn(argv, os.path.join(self.paths.pod_dir(netns), "pause.log"))
+        # ip and unshare exec() into sh then sleep: the pid stays the same; wait until the hostname is set
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
+                    break
+            except OSError:
+                pass
+            if child.poll() is not None:
+                raise RuntimeError(f"pod {pod.key}: pause process exited with {child.returncode}")
+            time.sleep(0.005)
+        return Proc("pause", child.pid, argv, child=child)
+
+    def _start_container(self, pod: Pod, container, pause_pid: int) -> Proc:
+        argv = ["nsenter", "-t", str(pause_pid), "-n", "-u", "-m", "--"]
+        if container.working_dir:
+            argv += ["sh", "-c", 'cd "$0" && shift && exec "$@"', container.working_dir, "--"]
+        argv += _container_argv(pod, container)
+        child = _spawn(argv, os.path.join(self.paths.pod_dir(pod.netns(self.lab.name)), f"{container.name}.log"),
+                       env=_container_env(self.lab, pod, container))
+        return Proc(container.name, child.pid, argv, child=child)
+
+    def _adopt(self, pod: Pod, st: dict) -> bool:
+        """Keep a pod that survived an agent restart: its namespace, eth0 and pause process live."""
+        netns = pod.netns(self.lab.name)
+        pause_pid = st.get("pausePid")
+        if not (pause_pid and process_alive(pause_pid) and netns_exists(netns)):
+            return False
+        self.pause[pod.key] = Proc("pause", pause_pid, [])
+        procs = []
+        for c in pod.containers:
+            cs = next((x for x in st.get("containers", []) if x["name"] == c.name), None)
+            if cs and cs.get("pid") and process_alive(cs["pid"]):
+                procs.append(Proc(c.name, cs["pid"], [], restarts=cs.get("restartCount", 0)))
+            else:
+                p = self._start_container(pod, c, pause_pid)
+                p.restarts = (cs or {}).get("restartCount", 0) + 1
+                procs.append(p)
+        self.containers[pod.key] = procs
+        self.pod_ips[pod.key] = st.get("podIP")
+        return True
+
+    # --- supervise ------------------------------------------------------------------
+    def supervise(self, pod: Pod) -> bool:
+        """Restart exited containers per restartPolicy; True when something changed."""
+        changed = False
+        pause = self.pause.get(pod.key)
+        for i, p in enumerate(self.containers.get(pod.key, [])):
+            if p.exit_code is not None or p.alive():
+                continue
+            code = p.poll_exit()
+            policy = pod.spec.restart_policy
+            if pause and pause.alive() and (policy == "Always" or (policy == "OnFailure" and code != 0)):
+                container = next(c for c in pod.containers if c.name == p.name)
+                q = self._start_container(pod, container, pause.pid)
+                q.restarts = p.restarts + 1
+                self.containers[pod.key][i] = q
+            else:
+                p.exit_code = code
+            changed = True
+        return changed
+
+    def status(self, pod: Pod) -> dict:
+        pause = self.pause.get(pod.key)
+        procs = self.containers.get(pod.key, [])
+        containers = []
+        for p in procs:
+            running = p.exit_code is None and p.alive()
+            containers.append({"name": p.name, "pid": p.pid, "state": "running" if running else "terminated",
+                               "exitCode": p.exit_code, "restartCount": p.restarts})
+        if pause is None or not pause.alive():
+            phase = "Failed"
+        elif all(c["state"] == "running" for c in containers):
+            phase = "Running"
+        elif all(c["state"] == "terminated" for c in containers):
+            phase = "Succeeded" if all(c["exitCode"] == 0 for c in containers) else "Failed"
+        else:
+            phase = "Running"
+        return {"phase": phase, "node": self.node, "netns": pod.netns(self.lab.name), "hostname": pod.hostname,
+                "pausePid": pause.pid if pause else None, "containers": containers,
+                "podIP": self.pod_ips.get(pod.key)}
+
+    # --- delete ---------------------------------------------------------------------
+    def delete(self, namespace: str, name: str) -> None:
+        """Stop the pod's processes, CNI DEL, remove its namespace and files. Idempotent."""
+        from .model import names
+        netns = names.pod_netns(self.lab.name, namespace, name)
+        key = names.pod_key(namespace, name)
+        for p in [*self.containers.pop(key, []), *filter(None, [self.pause.pop(key, None)])]:
+            _terminate(p)
+        self.pod_ips.pop(key, None)
+        try:
+            bridge.delete(self.conf, f"{namespace}_{name}", f"/run/netns/{netns}")
+        finally:
+            remove_netns(netns, kill=True, grace=0.5)
+            shutil.rmtree(os.path.join(NETNS_ETC, netns), ignore_errors=True)
+            shutil.rmtree(self.paths.pod_dir(netns), ignore_errors=True)
+
+    def reap(self) -> None:
+        """Collect exited children so none linger as zombies."""
+        for procs in self.containers.values():
+            for p in procs:
+                if p.child is not None:
+                    p.child.poll()
+        for p in self.pause.values():
+            if p.child is not None:
+                p.child.poll()
+
+
+def _terminate(p: Proc, grace: float = 0.5) -> None:
+    if not p.alive():
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        os.kill(p.pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and p.alive():
+        time.sleep(0.01)
+    if p.alive():
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if p.child is not None:
+        try:
+            p.child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
