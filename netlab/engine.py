@@ -169,7 +169,8 @@ def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress:
         dead = [n for n in lab.node_names if n not in ready_nodes and not state.agent_alive(paths, n)]
         if dead or failed or time.monotonic() > deadline:
             progress.finish()
-            problems = [f"node {n}: agent exited; see {paths.agent_log(n)}" for n in dead]
+            problems = [f"node {n}: agent exited ({_last_line(paths.agent_log(n))}); see {paths.agent_log(n)}"
+                        for n in dead]
             problems += [f"pod {k}: {st.get('message') or 'a container exited'}" for k, st in failed.items()]
             if not problems:
                 problems = [f"not ready after {timeout:.0f}s: nodes {len(ready_nodes)}/{len(lab.nodes)}, "
@@ -177,6 +178,15 @@ def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress:
             raise LabError("; ".join(problems) + f". Inspect with kube-netlab status --lab {lab.name}, "
                                                  f"or tear down with kube-netlab down {lab.name}")
         time.sleep(0.1)
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else "no log"
+    except OSError:
+        return "no log"
 
 
 def node_statuses(store) -> dict[str, dict]:

@@ -132,13 +132,17 @@ def agent_pids(lab: str) -> list[int]:
 
 
 def agent_alive(paths: LabPaths, node: str) -> int | None:
+    """The node agent's pid while it runs. Its command line is read while it may be between
+    two exec()s (nsenter, then python), when it is briefly empty: only a different one means
+    the pid now belongs to someone else."""
+    from .realize.namespace import process_alive
     pid = read_pid(paths.agent_pid(node))
-    if pid is None:
+    if pid is None or not process_alive(pid):
         return None
     argv = proc_cmdline(pid)
-    if "netlab.agent" in argv and paths.lab in argv and node in argv:
-        return pid
-    return None
+    if argv and not ("--lab" in argv and paths.lab in argv and node in argv):
+        return None
+    return pid
 
 
 def dumps(obj) -> str:

@@ -50,10 +50,37 @@ def snapshot(prefix: str = RUN_PREFIX) -> dict[str, list[str]]:
         "lease dirs": _ours(os.listdir(leases) if os.path.isdir(leases) else [], prefix),
         "netlab state": _ours(os.listdir("/run/netlab") if os.path.isdir("/run/netlab") else [], prefix),
         "netns config": _ours(os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [], prefix),
-        # our processes carry the prefix (agents: --lab) or run our modules (pods' echo servers)
-        "processes": sorted(line for line in _run("pgrep", "-af", f"{prefix}|netlab[.]workload|netlab[.]agent").splitlines()
+        "processes": sorted(line for line in _run("pgrep", "-af", prefix).splitlines()
                             if "pytest" not in line and "pgrep" not in line),
+        "processes in unnamed namespaces": orphaned_processes(),
     }
+
+
+def _netns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def orphaned_processes() -> list[str]:
+    """Processes in a network namespace that is neither the host's nor named in /run/netns:
+    what is left running after its lab or test namespace was deleted."""
+    named = {_netns_inode(f"/run/netns/{n}") for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])}
+    named.add(_netns_inode("/proc/self/ns/net"))
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        ino = _netns_inode(f"/proc/{pid}/ns/net")
+        if ino is None or ino in named:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmd:
+            out.append(f"{pid} {cmd}")
+    return sorted(out)
 
 
 def diff(before: dict, after: dict) -> list[str]:
