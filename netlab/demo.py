@@ -61,7 +61,7 @@ def main() -> int:
     print(f"\nThe lab stays up. Explore it:\n"
           f"  {kube} get pods -o wide\n"
           f"  {kube} exec {first['name']} -- sh -c 'ip addr; ip route'\n"
-          f"  ip netns exec {name}-underlay tcpdump -ni underlay udp port 8472\n"
+          f"  ip netns exec {name}-underlay tcpdump -ni {first['node']} udp port 8472\n"
           f"Remove it with:\n  {kube} down {name}")
     return 0 if ok else 1
 

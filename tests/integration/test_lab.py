@@ -177,7 +177,7 @@ def test_traffic_between_nodes_is_vxlan_on_the_underlay(two_node):
     pods = by_node(items(two_node, "pods"))
     src, dst = pods["node-a"][0], pods["node-b"][0]
     with netns.entered(f"{two_node}-underlay"):  # scapy's socket binds to this thread's namespace
-        sniffer = AsyncSniffer(iface="underlay", filter="udp port 8472", store=True)
+        sniffer = AsyncSniffer(iface="node-a", filter="udp port 8472", store=True)  # node-a's underlay port
         sniffer.start()
     time.sleep(0.5)
     in_pod(two_node, src["name"], "ping", "-c", "3", "-i", "0.2", dst["ip"])
