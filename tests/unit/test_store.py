@@ -13,19 +13,6 @@ from netlab.store import (
 )
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
 @pytest.fixture
 def store(tmp_path, clock):
     s = SQLiteStore(tmp_path / "lab" / "store.db", clock=clock)

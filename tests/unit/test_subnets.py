@@ -16,19 +16,6 @@ from netlab.store.subnets import (
 VXLAN = {"VNI": 1, "VtepMAC": "12:c6:65:89:b4:e3"}
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
 @pytest.fixture
 def store(tmp_path, clock):
     s = SQLiteStore(tmp_path / "store.db", clock=clock)
