@@ -270,8 +270,13 @@ def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
 def down(lab_name: str) -> list[str]:
     """Remove everything of the lab; returns the namespaces removed. Idempotent."""
     _kill(state.agent_pids(lab_name))
-    ours = [n for n in list_netns() if names.belongs_to(lab_name, n)]
-    _teardown_namespaces(ours)
+    removed: list[str] = []
+    for _ in range(3):  # a killed agent's `ip netns add` child may still finish: look again
+        ours = [n for n in list_netns() if names.belongs_to(lab_name, n)]
+        if not ours:
+            break
+        _teardown_namespaces(ours)
+        removed += ours
     for d in _listdir(state.NETNS_ETC):
         if names.belongs_to(lab_name, d):
             shutil.rmtree(os.path.join(state.NETNS_ETC, d), ignore_errors=True)
@@ -284,7 +289,7 @@ def down(lab_name: str) -> list[str]:
             os.rmdir(d)  # only when empty: other tools may keep files there
         except OSError:
             pass
-    return ours
+    return removed
 
 
 def _teardown_namespaces(netns_names: list[str]) -> None:
