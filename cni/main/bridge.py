@@ -190,25 +190,26 @@ def _ensure_bridge(links: _Links, bc: BridgeConf):
 
 
 def _ensure_gateway_addr(links: _Links, bc: BridgeConf, br_idx: int, gateway: str, prefix: int) -> None:
+    """The gateway on the bridge. Every pod after the first finds it there: try the add first
+    (EEXIST, one round trip), and look at the bridge's other addresses only when it was new."""
     ipr = links.host
-    family = 6 if ":" in gateway else 4
-    gw = ipaddress.ip_address(gateway)
-    for a in ipr.get_addr(index=br_idx, family=10 if family == 6 else 2):
-        existing = ipaddress.ip_address(a.get("IFA_ADDRESS"))
-        if existing == gw:
+    try:
+        ipr.addr("add", index=br_idx, address=gateway, prefixlen=prefix)
+    except Exception as e:
+        if getattr(e, "code", None) == 17:  # already there (also: concurrent ADDs racing on it)
             return
-        if family == 6 and existing.is_link_local:
+        raise _netlink_error(f"could not add {gateway}/{prefix} to {bc.bridge!r}", e)
+    gw = ipaddress.ip_address(gateway)
+    for a in ipr.get_addr(index=br_idx, family=10 if gw.version == 6 else 2):
+        existing = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+        if existing == gw or (gw.version == 6 and existing.is_link_local):
             continue
         if not bc.force_address:
+            ipr.addr("del", index=br_idx, address=gateway, prefixlen=prefix)
             raise CniError(spec.INVALID_CONFIG,
                            f"bridge {bc.bridge!r} already has address {existing}, not the gateway {gateway}",
                            'set "forceAddress": true to replace it, or use a bridge per network')
         ipr.addr("del", index=br_idx, address=str(existing), prefixlen=a["prefixlen"])
-    try:
-        ipr.addr("add", index=br_idx, address=gateway, prefixlen=prefix)
-    except Exception as e:
-        if getattr(e, "code", None) != 17:  # concurrent ADDs race on the same gateway address
-            raise _netlink_error(f"could not add {gateway}/{prefix} to {bc.bridge!r}", e)
 
 
 def _ipam_ips(ipam_result: dict) -> list[tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, str | None]]:
