@@ -36,7 +36,6 @@ def main() -> int:
     from .model import load_lab
     name = load_lab(lab_file).name
     os.environ["NETLAB_LAB"] = name  # every command below is about this lab, whatever else runs
-    nodes = {n["name"]: n for n in json.loads(kn("get", "nodes", "-o", "json", show=False).stdout)["items"]}
     pods = json.loads(kn("get", "pods", "-o", "json", show=False).stdout)["items"]
     first = pods[0]
     other = next((p for p in pods if p["node"] != first["node"]), None)

@@ -86,13 +86,24 @@ def _container_argv(pod: Pod, container) -> list[str]:
     return list(container.argv)
 
 
-def _container_env(lab: Lab, pod: Pod, container) -> dict:
+def _field(pod: Pod, path: str, pod_ip: str | None, host_ip: str | None) -> str:
+    """The downward API: valueFrom.fieldRef, as the kubelet fills it in."""
+    values = {"metadata.name": pod.name, "metadata.namespace": pod.namespace,
+              "metadata.uid": container_id(pod), "spec.nodeName": pod.node_name or "",
+              "spec.serviceAccountName": "default", "status.podIP": pod_ip or "",
+              "status.podIPs": pod_ip or "", "status.hostIP": host_ip or "", "status.hostIPs": host_ip or ""}
+    if path.startswith("metadata.labels["):
+        return pod.labels.get(path[len("metadata.labels["):].strip("]'\""), "")
+    return values.get(path, "")
+
+
+def _container_env(lab: Lab, pod: Pod, container, pod_ip: str | None = None, host_ip: str | None = None) -> dict:
     env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
            "HOSTNAME": pod.hostname,
            "KUBERNETES_SERVICE_HOST": str(lab.kubernetes_service_ip), "KUBERNETES_SERVICE_PORT": "443",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     for e in container.env:
-        env[e.name] = e.value
+        env[e.name] = _field(pod, e.field_path, pod_ip, host_ip) if e.field_path else (e.value or "")
     return env
 
 
@@ -160,8 +171,10 @@ class PodRuntime:
         if container.working_dir:
             argv += ["sh", "-c", 'cd "$0" && shift && exec "$@"', container.working_dir, "--"]
         argv += _container_argv(pod, container)
+        env = _container_env(self.lab, pod, container, self.pod_ips.get(pod.key),
+                             str(self.lab.node(self.node).underlay_ip))
         child = _spawn(argv, os.path.join(self.paths.pod_dir(pod.netns(self.lab.name)), f"{container.name}.log"),
-                       env=_container_env(self.lab, pod, container))
+                       env=env)
         return Proc(container.name, child.pid, argv, child=child)
 
     def _adopt(self, pod: Pod, st: dict) -> bool:

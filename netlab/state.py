@@ -19,7 +19,6 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .model import names
 
 ROOT = os.environ.get("NETLAB_STATE_DIR", "/run/netlab")
 NETNS_ETC = "/etc/netns"            # `ip netns exec` bind-mounts these files over /etc
@@ -147,8 +146,3 @@ def agent_alive(paths: LabPaths, node: str) -> int | None:
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def pod_netns_names(lab: str, existing: list[str]) -> list[str]:
-    """Pod namespaces among existing netns names: "<lab>-<ns>.<pod>" (the '.' marks a pod)."""
-    return [n for n in existing if names.belongs_to(lab, n) and "." in n.split("-", 1)[1]]

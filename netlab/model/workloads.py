@@ -585,7 +585,7 @@ def _env(r: Reader) -> tuple[EnvVar, ...]:
             vf.fields({"fieldRef"}, strict=False)
             ref = vf.mapping("fieldRef")
             if ref is None:
-                vf.error(None, f"only valueFrom.fieldRef is supported (no Secrets or ConfigMaps here); "
+                vf.error(None, "only valueFrom.fieldRef is supported (no Secrets or ConfigMaps here); "
                                "use value: or fieldRef: {fieldPath: status.podIP}")
             else:
                 path = ref.text("fieldPath", required=True, hint="e.g. fieldPath: status.podIP")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import select
 import signal
-import socket
 import socketserver
 import sys
 import threading

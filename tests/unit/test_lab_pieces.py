@@ -23,7 +23,10 @@ spec:
           - name: tool
             command: [sleep]
             args: ["600"]
-            env: [{name: MODE, value: test}]
+            env:
+              - {name: MODE, value: test}
+              - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+              - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
     - {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
 """
 
@@ -47,11 +50,6 @@ def test_write_file_is_atomic_and_complete(tmp_path):
     assert [f.name for f in path.parent.iterdir()] == ["subnet.env"]
 
 
-def test_pod_netns_names_are_told_from_node_namespaces():
-    existing = ["demo-node-a", "demo-shop.web", "demo-underlay", "other-x.y", "demo-default.echo-1"]
-    assert state.pod_netns_names("demo", existing) == ["demo-shop.web", "demo-default.echo-1"]
-
-
 def test_node_cni_config_is_flannels_bridge_delegate():
     lab = parse_lab(LAB)
     conf = pods.cni_conf(lab, "node-a", "10.244.1.0/24", 1450)
@@ -67,8 +65,9 @@ def test_container_command_lines_and_env():
     argv = pods._container_argv(web, echo)
     assert argv[1:] == ["-m", "netlab.workload.echo", "--pod", "web", "--tcp", "8080", "--udp", "53"]
     assert pods._container_argv(web, tool) == ["sleep", "600"]
-    env = pods._container_env(lab, web, tool)
+    env = pods._container_env(lab, web.bind("node-b"), tool, "10.244.2.7", "192.168.56.12")
     assert env["MODE"] == "test" and env["HOSTNAME"] == "web" and env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+    assert env["POD_IP"] == "10.244.2.7" and env["NODE"] == "node-b"
     assert pods.container_id(web) == "shop_web"
 
 
