@@ -220,10 +220,13 @@ def _ipam_ips(ipam_result: dict) -> list[tuple[ipaddress.IPv4Interface | ipaddre
 
 
 def _create_veth(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment) -> str:
-    """The pair is born in the container's namespace, so CNI_IFNAME never clashes with a host device."""
+    """The pair is born in the container's namespace, so CNI_IFNAME never clashes with a host
+    device; the container end comes up at once. Returns the host end's MAC (we choose it, as the
+    kernel would: random, locally administered), which saves reading the host end back."""
     host_name = host_veth_name(att.container_id, att.ifname)
-    peer = {"ifname": host_name, "net_ns_fd": links.host_ns_fd}
-    extra = {}
+    host_mac = _random_mac()
+    peer = {"ifname": host_name, "net_ns_fd": links.host_ns_fd, "address": host_mac}
+    extra = {"state": "up"}
     if bc.mtu:
         extra["mtu"] = peer["mtu"] = bc.mtu
     mac = _requested_mac(conf, att)
@@ -232,7 +235,7 @@ def _create_veth(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment
     for attempt in (1, 2):
         try:
             links.cont.link("add", ifname=att.ifname, kind="veth", peer=peer, **extra)
-            return host_name
+            return host_mac
         except Exception as e:
             if getattr(e, "code", None) != 17:
                 raise _netlink_error(f"could not create veth {att.ifname}/{host_name}", e)
@@ -243,7 +246,7 @@ def _create_veth(links: _Links, bc: BridgeConf, conf: dict, att: spec.Attachment
         if stale is None or attempt == 2:
             raise CniError(spec.INTERNAL, f"could not create veth {att.ifname}/{host_name}: exists", "retry the ADD")
         links.host.link("del", index=stale)  # left by an ADD that crashed before it could roll back
-    return host_name
+    return host_mac
 
 
 def cmd_add(conf: dict, att: spec.Attachment) -> dict:
@@ -251,28 +254,31 @@ def cmd_add(conf: dict, att: spec.Attachment) -> dict:
     check_netns_path(att.netns)
     with _Links(att.netns) as links:
         br = _ensure_bridge(links, bc)
-        _create_veth(links, bc, conf, att)
+        host_mac = _create_veth(links, bc, conf, att)
         try:
             ipam_result = delegate.ipam("ADD", conf, att)
         except BaseException:
             _rollback(links, bc, conf, att, ipam=False)
             raise
         try:
-            return _attach(links, bc, br, conf, att, ipam_result)
+            return _attach(links, bc, br, host_mac, conf, att, ipam_result)
         except BaseException:
             _rollback(links, bc, conf, att)
             raise
 
 
-def _attach(links: _Links, bc: BridgeConf, br, conf: dict, att: spec.Attachment, ipam_result: dict) -> dict:
+def _attach(links: _Links, bc: BridgeConf, br, host_mac: str, conf: dict, att: spec.Attachment,
+            ipam_result: dict) -> dict:
     host, cont = links.host, links.cont
     br_idx = br["index"]
     host_name = host_veth_name(att.container_id, att.ifname)
-    hv = _get(host, host_name)
-    host.link("set", index=hv["index"], master=br_idx, state="up",
+    cv = _get(cont, att.ifname)
+    cont_idx = cv["index"]
+    host_idx = cv.get("IFLA_LINK")  # a veth's IFLA_LINK is its peer's index, here in the host namespace
+    host.link("set", index=host_idx, master=br_idx, state="up",
               ifalias=veth_alias(bc.network, att.container_id, att.ifname))
     if bc.hairpin_mode:
-        host.brport("set", index=hv["index"], mode=1)  # IFLA_BRPORT_MODE is hairpin mode
+        host.brport("set", index=host_idx, mode=1)  # IFLA_BRPORT_MODE is hairpin mode
 
     ips = _ipam_ips(ipam_result)
     gateways = {}
@@ -282,14 +288,11 @@ def _attach(links: _Links, bc: BridgeConf, br, conf: dict, att: spec.Attachment,
         if gw:
             gateways[iface.version] = gw
 
-    cv = _get(cont, att.ifname)
-    cont_idx = cv["index"]
     with entered(att.netns):
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{att.ifname}/arp_notify", "1")
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{att.ifname}/accept_dad", "0")
     for iface, _ in ips:
         cont.addr("add", index=cont_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    cont.link("set", index=cont_idx, state="up")
 
     routes = list(ipam_result.get("routes", []))
     if bc.is_default_gateway:
@@ -326,7 +329,7 @@ def _attach(links: _Links, bc: BridgeConf, br, conf: dict, att: spec.Attachment,
         "cniVersion": conf["cniVersion"],
         "interfaces": [
             {"name": bc.bridge, "mac": br.get("IFLA_ADDRESS")},
-            {"name": host_name, "mac": hv.get("IFLA_ADDRESS")},
+            {"name": host_name, "mac": host_mac},
             {"name": att.ifname, "mac": cv.get("IFLA_ADDRESS"), "sandbox": att.netns},
         ],
         "ips": [dict(ip, interface=2) for ip in ipam_result.get("ips", [])],
