@@ -49,6 +49,7 @@ class Agent:
         self.node = self.lab.node(node)
         self.netns = names.node_netns(self.lab.name, node)
         self.lease = None
+        self.peers: list[str] = []             # remote pod subnets programmed on flannel.1
         self.runtime: PodRuntime | None = None
         self.running: dict[str, Pod] = {}      # pods this agent has set up, by key
         self.reported: dict[str, str] = {}     # last status written, by key (avoid no-op writes)
@@ -91,7 +92,8 @@ class Agent:
         return mac
 
     # --- overlay peers -------------------------------------------------------------------
-    def sync_overlay(self) -> None:
+    def sync_overlay(self) -> bool:
+        """Converge flannel.1's peers to the leases; True when the set of peers changed."""
         peers = [Peer(subnet=str(l.subnet), mac=l.backend_data["VtepMAC"], underlay_ip=str(l.public_ip))
                  for l in list_leases(self.store)
                  if l.public_ip != self.node.underlay_ip and l.backend_type == "vxlan"
@@ -99,6 +101,9 @@ class Agent:
         result = sync_peers(self.netns, peers, vni=self.lab.vxlan.vni)
         if result.changed:
             log.info("overlay peers: +%s -%s", result.added, result.removed)
+        subnets = sorted(p.subnet for p in peers)
+        changed, self.peers = subnets != self.peers, subnets
+        return changed
 
     # --- pods ----------------------------------------------------------------------------
     def desired_pods(self) -> dict[str, Pod]:
@@ -156,7 +161,7 @@ class Agent:
             "ready": ready, "message": message, "agentPid": os.getpid(),
             "podCIDR": str(self.lease.subnet) if self.lease else None,
             "vtepMAC": (self.lease.backend_data or {}).get("VtepMAC") if self.lease else None,
-            "underlayIP": str(self.node.underlay_ip), "netns": self.netns}))
+            "underlayIP": str(self.node.underlay_ip), "netns": self.netns, "peers": self.peers}))
 
     # --- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -174,7 +179,8 @@ class Agent:
                 if rev == seen and time.monotonic() - last_full < RESYNC_SECONDS:
                     continue
                 try:
-                    self.sync_overlay()
+                    if self.sync_overlay():
+                        self.report_node(True)  # the CLI waits for every node to know every other
                     self.sync_pods()
                 except Exception:
                     log.error("sync failed:\n%s", traceback.format_exc())

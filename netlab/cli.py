@@ -39,7 +39,7 @@ def node_items(lab_name: str) -> list[dict]:
         items.append({"name": node.name, "underlayIP": str(node.underlay_ip), "podCIDR": st.get("podCIDR"),
                       "vtepMAC": st.get("vtepMAC"), "netns": lab.node_netns(node.name),
                       "vxlanDevice": lab.vxlan.device, "ready": bool(st.get("ready")) and pid is not None,
-                      "agentPid": pid, "labels": dict(node.labels)})
+                      "agentPid": pid, "peers": st.get("peers", []), "labels": dict(node.labels)})
     return items
 
 

@@ -158,7 +158,10 @@ def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress:
     deadline = time.monotonic() + timeout
     while True:
         nodes, pods = node_statuses(store), pod_statuses(store)
-        ready_nodes = [n for n in lab.node_names if nodes.get(n, {}).get("ready")]
+        subnets = {n: nodes.get(n, {}).get("podCIDR") for n in lab.node_names}
+        # ready: the agent says so, and flannel.1 has a peer for every other node (and no more)
+        ready_nodes = [n for n in lab.node_names if nodes.get(n, {}).get("ready")
+                       and sorted(nodes[n].get("peers", [])) == sorted(s for m, s in subnets.items() if m != n and s)]
         done = [k for k in want_pods if pods.get(k, {}).get("phase") in ("Running", "Succeeded")]
         failed = {k: pods[k] for k in want_pods if pods.get(k, {}).get("phase") == "Failed"}
         progress.update(len(ready_nodes) + len(done),

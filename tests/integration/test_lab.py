@@ -103,6 +103,7 @@ def test_up_reports_nodes_and_pods(two_node):
     assert set(nodes) == {"node-a", "node-b"}
     assert nodes["node-a"]["underlayIP"] == "192.168.56.11" and nodes["node-b"]["underlayIP"] == "192.168.56.12"
     assert nodes["node-a"]["podCIDR"] == "10.244.1.0/24" and nodes["node-b"]["podCIDR"] == "10.244.2.0/24"
+    assert nodes["node-a"]["peers"] == ["10.244.2.0/24"] and nodes["node-b"]["peers"] == ["10.244.1.0/24"]
     for n in nodes.values():
         assert n["ready"] and n["netns"] == f"{two_node}-{n['name']}"
         assert int(n["vtepMAC"].split(":")[0], 16) & 0x03 == 0x02  # locally administered unicast, like flannel's
