@@ -363,3 +363,25 @@ def test_status_and_wide_output(two_node):
     assert "node-a" in nodes and "Ready" in nodes
     status = kn("status", "--lab", two_node).stdout
     assert f"lab {two_node}: nodes 2/2 ready, pods 4 Running" in status
+
+
+def test_a_node_joins_when_up_is_rerun_with_more_nodes(lab_factory, tmp_path):
+    lab = lab_factory(TWO_NODE)
+    lab.up()
+    lab.path = THREE_NODE  # same lab name, a file with one more node
+    lab.up()
+    nodes = {n["name"]: n for n in items(lab.name, "nodes")}
+    assert set(nodes) == {"node-a", "node-b", "node-c"} and all(n["ready"] for n in nodes.values())
+    c = nodes["node-c"]
+    for other in ("node-a", "node-b"):
+        assert c["podCIDR"] in nodes[other]["peers"]
+        fdb = on_node(lab.name, other, "bridge", "fdb", "show", "dev", "flannel.1").stdout
+        assert f"{c['vtepMAC']} dst {c['underlayIP']} self permanent" in fdb
+    pinned = tmp_path / "on-c.yaml"
+    pinned.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: on-c}\nspec:\n  nodeName: node-c\n"
+                      "  containers: [{name: echo, ports: [{containerPort: 8080}]}]\n")
+    kn("apply", "-f", str(pinned), "--lab", lab.name)
+    pods = {p["name"]: p for p in items(lab.name, "pods")}
+    assert pods["client"]["namespace"] == "demo" and pods["client"]["node"] == "node-a"
+    assert in_pod(lab.name, "client", "curl", "-s", "--max-time", "5", f"http://{pods['on-c']['ip']}:8080/"
+                  ).stdout.split()[0] == "on-c"
