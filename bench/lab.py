@@ -66,7 +66,8 @@ def _on_term(signum, frame):
 def run(argv: list[str], *, input: str | None = None, timeout: float = 60, check: bool = True):
     res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])}...: exit {res.returncode}: {res.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{' '.join(argv[:8])}...: exit {res.returncode}: "
+                           f"{(res.stderr.strip() or res.stdout.strip())[-2000:]}")
     return res
 
 

@@ -45,6 +45,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 import lab as labbench  # noqa: E402  (anchor_plan/build_anchor: the lab's topology with bare ip)
+from lab import Interrupted, _on_term, loadavg, netns_list, run  # noqa: E402
 
 CLI = os.path.join(os.path.dirname(sys.executable), "kube-netlab")
 PID = os.getpid() % 10_000_000
@@ -52,29 +53,6 @@ LAB = f"bt{PID}"              # lab names: at most 10 chars, [a-z][a-z0-9]*
 ANCHOR = f"bu{PID}-"          # our plain namespaces
 PORT = 20000 + PID % 10000    # distinctive, so a leftover server would be easy to find
 TARGET = 0.90
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _on_term(signum, frame):
-    raise Interrupted(f"signal {signum}")
-
-
-def run(argv: list[str], *, input: str | None = None, timeout: float = 60, check: bool = True):
-    res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:8])}...: exit {res.returncode}: "
-                           f"{(res.stderr.strip() or res.stdout.strip())[-1500:]}")
-    return res
-
-
-def netns_list() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return []
 
 
 # --- ours ----------------------------------------------------------------------------------
@@ -212,11 +190,6 @@ def iperf(prefix_cmd: list[str], ip: str, seconds: int) -> float:
             continue
         raise RuntimeError(f"iperf3 to {ip}: {doc.get('error')}")
     raise AssertionError
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 # --- cleanup -------------------------------------------------------------------------------
