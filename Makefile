@@ -1,6 +1,4 @@
-# The two commands a newcomer needs (run as root):
-#   make demo   set up, then bring up topologies/two-node.yaml and show pods talking across nodes
-#   make test   set up, then run every test
+# Shortcuts for the README's two commands (scripts/demo.sh, scripts/test.sh), and more.
 VENV := .venv
 PY := $(VENV)/bin/python
 
@@ -8,14 +6,14 @@ PY := $(VENV)/bin/python
 bootstrap:
 	@scripts/bootstrap.sh
 
-demo: bootstrap
-	$(PY) -m netlab.demo
+demo:
+	scripts/demo.sh
 
 cni-demo: bootstrap
 	$(PY) -m netlab.cni_demo
 
-test: bootstrap
-	$(PY) -m pytest -ra
+test:
+	scripts/test.sh
 
 unit: bootstrap
 	$(PY) -m pytest -ra tests/unit
