@@ -120,11 +120,13 @@ class Agent:
     def sync_pods(self) -> None:
         desired = self.desired_pods()
         statuses = {kv.key[len(state.POD_STATUS):]: json.loads(kv.value) for kv in self.store.list(state.POD_STATUS)}
-        for key in sorted(set(self.running) - set(desired)):
+        # gone from the desired state: pods this agent runs, and pods a previous run of it left
+        mine = {k for k, st in statuses.items() if st.get("node") == self.node.name}
+        for key in sorted((set(self.running) | mine) - set(desired)):
             ns, name = key.split("/", 1)
             log.info("pod %s: deleting", key)
             self.runtime.delete(ns, name)
-            self.running.pop(key)
+            self.running.pop(key, None)
             self.reported.pop(key, None)
             self.store.delete(state.pod_status_key(ns, name))
         for key, pod in desired.items():

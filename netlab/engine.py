@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from . import state
 from .model import Lab, ModelError, load_lab, load_manifests, merge_objects, names, remove_objects
@@ -98,6 +99,7 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
     _write_desired(store, lab)
     for node in lab.nodes:
         if not state.agent_alive(paths, node.name):
+            store.delete(state.node_status_key(node.name))  # a dead agent's "ready" no longer holds
             start_agent(paths, lab, node.name)
     wait_ready(store, paths, lab, timeout, progress)
     return lab
@@ -216,9 +218,14 @@ def delete(lab_name: str, path: str, *, timeout: float = 60.0) -> list:
     objects = load_manifests(path)
     new = lab.with_objects(remove_objects(lab.objects, objects))
     _write_desired(store, new)
-    gone = {k for k in pod_statuses(store)} - {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
+    wanted = {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
     deadline = time.monotonic() + timeout
-    while gone & set(pod_statuses(store)) and time.monotonic() < deadline:  # agents remove them
+    while time.monotonic() < deadline:  # until the agents have removed them
+        # a dead agent removes its pods when it runs again (the next `up`): no point waiting for it
+        left = [k for k, st in pod_statuses(store).items()
+                if k not in wanted and state.agent_alive(paths, st.get("node", ""))]
+        if not left:
+            break
         time.sleep(0.1)
     return objects
 
@@ -234,7 +241,6 @@ def remove_node(lab_name: str, node: str, *, timeout: float = 60.0) -> None:
     if len(lab.nodes) == 1:
         raise LabError(f"{node} is the lab's only node; use kube-netlab down {lab_name}")
     _remove_node(paths, store, lab, node)
-    from dataclasses import replace
     new = replace(lab, nodes=tuple(n for n in lab.nodes if n.name != node))
     _write_desired(store, new)
     wait_ready(store, paths, new, timeout, Progress(enabled=False))
@@ -245,27 +251,26 @@ def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
     if pid:
         _kill([pid])
     node_ns = lab.node_netns(node)
-    prefix_pods = []
+    pod_netns = []
     for kv in store.list(state.POD_STATUS):
         st = json.loads(kv.value)
         if st.get("node") == node:
-            prefix_pods.append(st.get("netns"))
+            pod_netns.append(st.get("netns"))
             store.delete(kv.key)
     for kv in store.list(state.PODS):
         if json.loads(kv.value).get("spec", {}).get("nodeName") == node:
             store.delete(kv.key)
-    _teardown_namespaces([n for n in [*prefix_pods, node_ns] if n])
+    _teardown_namespaces([n for n in [*pod_netns, node_ns] if n])
     lease = find_lease(store, lab.node(node).underlay_ip)
     if lease:
         release_lease(store, lease)
     store.delete(state.node_status_key(node))
     shutil.rmtree(os.path.join(state.CNI_DATA_DIR, names.cni_network(lab.name, node)), ignore_errors=True)
     shutil.rmtree(paths.node_dir(node), ignore_errors=True)
-    for f in (paths.agent_pid(node),):
-        try:
-            os.unlink(f)
-        except FileNotFoundError:
-            pass
+    try:
+        os.unlink(paths.agent_pid(node))
+    except FileNotFoundError:
+        pass
 
 
 # --- down ----------------------------------------------------------------------------------

@@ -385,3 +385,20 @@ def test_a_node_joins_when_up_is_rerun_with_more_nodes(lab_factory, tmp_path):
     assert pods["client"]["namespace"] == "demo" and pods["client"]["node"] == "node-a"
     assert in_pod(lab.name, "client", "curl", "-s", "--max-time", "5", f"http://{pods['on-c']['ip']}:8080/"
                   ).stdout.split()[0] == "on-c"
+
+
+def test_pods_deleted_while_their_agent_was_dead_go_when_it_returns(lab_factory, tmp_path):
+    lab = lab_factory()
+    lab.up()
+    manifest = tmp_path / "pinned.yaml"
+    manifest.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  nodeName: node-b\n"
+                        "  containers: [{name: c, command: [sleep, '600']}]\n")
+    kn("apply", "-f", str(manifest), "--lab", lab.name)
+    netns_name = next(p["netns"] for p in items(lab.name, "pods") if p["name"] == "pinned")
+    agent = next(n["agentPid"] for n in items(lab.name, "nodes") if n["name"] == "node-b")
+    os.kill(agent, signal.SIGKILL)
+    kn("delete", "-f", str(manifest), "--lab", lab.name, timeout=60)
+    assert os.path.exists(f"/run/netns/{netns_name}")  # nobody on node-b to remove it yet
+    lab.up()  # restarts node-b's agent, which removes what is no longer wanted
+    assert not os.path.exists(f"/run/netns/{netns_name}")
+    assert "pinned" not in [p["name"] for p in items(lab.name, "pods")]
