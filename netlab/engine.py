@@ -292,7 +292,7 @@ def down(lab_name: str) -> list[str]:
         if names.belongs_to(lab_name, d):
             shutil.rmtree(os.path.join(state.CNI_DATA_DIR, d), ignore_errors=True)
     state.LabPaths(lab_name).remove()
-    for d in (state.NETNS_ETC, state.CNI_DATA_DIR):
+    for d in (state.NETNS_ETC, state.CNI_DATA_DIR, os.path.dirname(state.CNI_DATA_DIR)):
         try:
             os.rmdir(d)  # only when empty: other tools may keep files there
         except OSError:
