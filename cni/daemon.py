@@ -62,11 +62,11 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
     finally:
         workers.shutdown(wait=True)
         srv.close()
-        for remove in (os.unlink, os.rmdir):
-            try:
-                remove(path if remove is os.unlink else socket_dir)
-            except OSError:
-                pass  # the directory may hold other namespaces' sockets
+        try:
+            os.unlink(path)
+            os.rmdir(socket_dir)
+        except OSError:
+            pass  # the directory may hold other namespaces' sockets
 
 
 def serve_main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from cni.main import bridge
 from cni.spec import CniError
 
-from .model import Lab, Pod, pod_resolv_conf
+from .model import Lab, Pod, names, pod_resolv_conf
 from .realize import ensure_netns, netns_exists, remove_netns
 from .realize.namespace import process_alive
 from .state import NETNS_ETC, LabPaths
@@ -37,7 +37,6 @@ CNI_VERSION = "1.1.0"
 def cni_conf(lab: Lab, node: str, subnet: str, mtu: int) -> dict:
     """The node's pod network, shaped like flannel's CNI config delegating to bridge
     (hairpinMode, isDefaultGateway, no ipMasq: the node's flannel rules masquerade)."""
-    from .model import names
     return {"cniVersion": CNI_VERSION, "name": names.cni_network(lab.name, node), "type": "netlab-bridge",
             "bridge": names.NODE_BRIDGE, "isGateway": True, "isDefaultGateway": True, "hairpinMode": True,
             "ipMasq": False, "mtu": mtu,
@@ -45,8 +44,12 @@ def cni_conf(lab: Lab, node: str, subnet: str, mtu: int) -> dict:
 
 
 def container_id(pod: Pod) -> str:
+    return _container_id(pod.namespace, pod.name)
+
+
+def _container_id(namespace: str, name: str) -> str:
     """CNI_CONTAINERID: <namespace>_<pod>, readable in `ls /var/lib/cni/networks/...`."""
-    return f"{pod.namespace}_{pod.name}"
+    return f"{namespace}_{name}"
 
 
 @dataclass
@@ -240,14 +243,13 @@ class PodRuntime:
     # --- delete ---------------------------------------------------------------------
     def delete(self, namespace: str, name: str) -> None:
         """Stop the pod's processes, CNI DEL, remove its namespace and files. Idempotent."""
-        from .model import names
         netns = names.pod_netns(self.lab.name, namespace, name)
         key = names.pod_key(namespace, name)
         for p in [*self.containers.pop(key, []), *filter(None, [self.pause.pop(key, None)])]:
             _terminate(p)
         self.pod_ips.pop(key, None)
         try:
-            bridge.delete(self.conf, f"{namespace}_{name}", f"/run/netns/{netns}")
+            bridge.delete(self.conf, _container_id(namespace, name), f"/run/netns/{netns}")
         finally:
             remove_netns(netns, kill=True, grace=0.5)
             shutil.rmtree(os.path.join(NETNS_ETC, netns), ignore_errors=True)
