@@ -24,15 +24,25 @@ ROOT = os.environ.get("NETLAB_STATE_DIR", "/run/netlab")
 NETNS_ETC = "/etc/netns"            # `ip netns exec` bind-mounts these files over /etc
 CNI_DATA_DIR = "/var/lib/cni/networks"
 
-# store keys (flannel's own live under /coreos.com/network/)
-LAB_KEY = "/netlab/lab"
-PODS = "/netlab/pods/"              # desired pods: <ns>/<name> -> Pod.to_dict() with nodeName
-POD_STATUS = "/netlab/status/pods/"  # written by agents: <ns>/<name> -> status
-NODE_STATUS = "/netlab/status/nodes/"  # written by agents: <node> -> status
+# store keys (flannel's own live under /coreos.com/network/); who writes each:
+LAB_KEY = "/netlab/lab"                      # the CLI: the lab document (model.Lab.to_dict())
+PODS = "/netlab/pods/"                       # the CLI: <ns>/<name> -> Pod.to_dict(), scheduled (nodeName)
+SERVICES = "/netlab/services/"               # the CLI: <ns>/<name> -> Service.to_dict(), clusterIP/nodePorts allocated
+ENDPOINT_SLICES = "/netlab/endpointslices/"  # each agent, its own pods: <ns>/<svc>/<slice> -> EndpointSlice
+POD_STATUS = "/netlab/status/pods/"          # the pod's agent: <ns>/<name> -> PodStatus
+NODE_STATUS = "/netlab/status/nodes/"        # the node's agent: <node> -> NodeStatus
 
 
 def pod_key(namespace: str, name: str) -> str:
     return f"{PODS}{namespace}/{name}"
+
+
+def service_key(namespace: str, name: str) -> str:
+    return f"{SERVICES}{namespace}/{name}"
+
+
+def endpoint_slice_key(namespace: str, service: str, slice_name: str) -> str:
+    return f"{ENDPOINT_SLICES}{namespace}/{service}/{slice_name}"
 
 
 def pod_status_key(namespace: str, name: str) -> str:
@@ -146,3 +156,235 @@ def agent_alive(paths: LabPaths, node: str) -> int | None:
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# --- typed records: what crosses layers (nobody else parses the store's JSON) -------------
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    name: str
+    pid: int | None = None
+    state: str = "waiting"                 # running | waiting | terminated
+    exit_code: int | None = None
+    restart_count: int = 0
+    reason: str | None = None              # e.g. CrashLoopBackOff, Error, Completed
+    started_at: float | None = None        # wall clock
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "pid": self.pid, "state": self.state, "exitCode": self.exit_code,
+                "restartCount": self.restart_count, "reason": self.reason, "startedAt": self.started_at}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContainerStatus":
+        return cls(d["name"], d.get("pid"), d.get("state", "waiting"), d.get("exitCode"),
+                   d.get("restartCount", 0), d.get("reason"), d.get("startedAt"))
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """A pod as its node's agent reports it."""
+
+    node: str
+    netns: str
+    phase: str = "Pending"                 # Pending | Running | Succeeded | Failed
+    pod_ip: str | None = None
+    hostname: str | None = None
+    pause_pid: int | None = None
+    containers: tuple[ContainerStatus, ...] = ()
+    message: str | None = None
+    reason: str | None = None
+    start_time: float | None = None        # wall clock, when the agent first created it
+    attempts: int = 0                      # failed creation attempts (retried with backoff)
+
+    @property
+    def ready(self) -> bool:
+        """Serving: running with every container up (no readiness probes here)."""
+        return self.phase == "Running" and bool(self.containers) and all(c.running for c in self.containers)
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restart_count for c in self.containers)
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "netns": self.netns, "phase": self.phase, "podIP": self.pod_ip,
+                "hostname": self.hostname, "pausePid": self.pause_pid,
+                "containers": [c.to_dict() for c in self.containers], "message": self.message,
+                "reason": self.reason, "startTime": self.start_time, "attempts": self.attempts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PodStatus":
+        return cls(d.get("node", ""), d.get("netns", ""), d.get("phase", "Pending"), d.get("podIP"),
+                   d.get("hostname"), d.get("pausePid"),
+                   tuple(ContainerStatus.from_dict(c) for c in d.get("containers") or ()),
+                   d.get("message"), d.get("reason"), d.get("startTime"), d.get("attempts", 0))
+
+
+@dataclass(frozen=True)
+class NodeCondition:
+    type: str                              # Ready, NetworkUnavailable, ProxyFailing, PodsFailing...
+    status: bool
+    reason: str = ""
+    message: str = ""
+    since: float | None = None             # lastTransitionTime, wall clock
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "status": "True" if self.status else "False", "reason": self.reason,
+                "message": self.message, "lastTransitionTime": self.since}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NodeCondition":
+        return cls(d["type"], d.get("status") == "True", d.get("reason", ""), d.get("message", ""),
+                   d.get("lastTransitionTime"))
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as its agent reports it (flannel's lease facts included)."""
+
+    ready: bool = False
+    message: str = ""
+    agent_pid: int | None = None
+    pod_cidr: str | None = None
+    vtep_mac: str | None = None
+    underlay_ip: str | None = None
+    netns: str | None = None
+    peers: tuple[str, ...] = ()            # remote pod subnets programmed on flannel.1
+    lease_expiration: float | None = None  # wall clock, when the subnet lease runs out unless renewed
+    conditions: tuple[NodeCondition, ...] = ()
+    proxy_mode: str | None = None          # the mode whose rules the node runs now
+
+    def condition(self, type_: str) -> NodeCondition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def to_dict(self) -> dict:
+        return {"ready": self.ready, "message": self.message, "agentPid": self.agent_pid, "podCIDR": self.pod_cidr,
+                "vtepMAC": self.vtep_mac, "underlayIP": self.underlay_ip, "netns": self.netns,
+                "peers": list(self.peers), "leaseExpiration": self.lease_expiration,
+                "conditions": [c.to_dict() for c in self.conditions], "proxyMode": self.proxy_mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NodeStatus":
+        return cls(bool(d.get("ready")), d.get("message", ""), d.get("agentPid"), d.get("podCIDR"),
+                   d.get("vtepMAC"), d.get("underlayIP"), d.get("netns"), tuple(d.get("peers") or ()),
+                   d.get("leaseExpiration"), tuple(NodeCondition.from_dict(c) for c in d.get("conditions") or ()),
+                   d.get("proxyMode"))
+
+
+# --- readers and writers: the CLI, the engine and the agents go through these ---------------
+
+def _tail(key: str, prefix: str) -> str:
+    return key[len(prefix):]
+
+
+class LabState:
+    """The lab's records in a store. Parsed objects are cached by mod_revision,
+    so a reader that lists often pays only for what changed."""
+
+    def __init__(self, store):
+        self.store = store
+        self._cache: dict[str, tuple[int, object]] = {}
+
+    def _parse(self, kv, parse):
+        hit = self._cache.get(kv.key)
+        if hit and hit[0] == kv.mod_revision:
+            return hit[1]
+        obj = parse(json.loads(kv.value), kv.key)
+        self._cache[kv.key] = (kv.mod_revision, obj)
+        return obj
+
+    def _put(self, key: str, obj: dict) -> bool:
+        """Write when different; True when written (no-op writes would wake every watcher)."""
+        text = dumps(obj)
+        kv = self.store.get(key)
+        if kv is not None and kv.value == text:
+            return False
+        self.store.put(key, text)
+        return True
+
+    # the lab document
+    def lab(self):
+        from .model import Lab
+        doc = self.store.get_json(LAB_KEY)
+        return None if doc is None else Lab.from_dict(doc, source=LAB_KEY)
+
+    def put_lab(self, lab) -> bool:
+        return self._put(LAB_KEY, lab.to_dict())
+
+    # desired pods
+    def pods(self) -> dict[str, "object"]:
+        """Desired pods by "ns/name" (model.Pod, scheduled)."""
+        from .model import object_from_dict
+        return {_tail(kv.key, PODS): self._parse(kv, object_from_dict) for kv in self.store.list(PODS)}
+
+    def put_pod(self, pod) -> bool:
+        return self._put(pod_key(pod.namespace, pod.name), pod.to_dict())
+
+    def delete_pod(self, key: str) -> None:
+        self.store.delete(PODS + key)
+
+    # services
+    def services(self) -> dict[str, "object"]:
+        """Services by "ns/name" (model.Service, addresses allocated)."""
+        from .model import object_from_dict
+        return {_tail(kv.key, SERVICES): self._parse(kv, object_from_dict) for kv in self.store.list(SERVICES)}
+
+    def put_service(self, svc) -> bool:
+        return self._put(service_key(svc.namespace, svc.name), svc.to_dict())
+
+    def delete_service(self, key: str) -> None:
+        self.store.delete(SERVICES + key)
+        self.store.delete_prefix(f"{ENDPOINT_SLICES}{key}/")
+
+    # endpoint slices
+    def endpoint_slices(self, service_key_: str | None = None) -> list:
+        """Every slice (model.endpoints.EndpointSlice), or those of one Service ("ns/name")."""
+        from .model.endpoints import EndpointSlice
+        prefix = ENDPOINT_SLICES + (f"{service_key_}/" if service_key_ else "")
+        return [self._parse(kv, lambda d, _k: EndpointSlice.from_dict(d)) for kv in self.store.list(prefix)]
+
+    def put_endpoint_slice(self, s) -> bool:
+        return self._put(endpoint_slice_key(s.namespace, s.service, s.name), s.to_dict())
+
+    def delete_endpoint_slice(self, s) -> None:
+        self.store.delete(endpoint_slice_key(s.namespace, s.service, s.name))
+
+    # pod status
+    def pod_statuses(self) -> dict[str, PodStatus]:
+        return {_tail(kv.key, POD_STATUS): self._parse(kv, lambda d, _k: PodStatus.from_dict(d))
+                for kv in self.store.list(POD_STATUS)}
+
+    def pod_status(self, key: str) -> PodStatus | None:
+        kv = self.store.get(POD_STATUS + key)
+        return None if kv is None else self._parse(kv, lambda d, _k: PodStatus.from_dict(d))
+
+    def put_pod_status(self, key: str, st: PodStatus) -> bool:
+        return self._put(POD_STATUS + key, st.to_dict())
+
+    def delete_pod_status(self, key: str) -> None:
+        self.store.delete(POD_STATUS + key)
+
+    # node status
+    def node_statuses(self) -> dict[str, NodeStatus]:
+        return {_tail(kv.key, NODE_STATUS): self._parse(kv, lambda d, _k: NodeStatus.from_dict(d))
+                for kv in self.store.list(NODE_STATUS)}
+
+    def node_status(self, node: str) -> NodeStatus | None:
+        kv = self.store.get(node_status_key(node))
+        return None if kv is None else self._parse(kv, lambda d, _k: NodeStatus.from_dict(d))
+
+    def put_node_status(self, node: str, st: NodeStatus) -> bool:
+        return self._put(node_status_key(node), st.to_dict())
+
+    def delete_node_status(self, node: str) -> None:
+        self.store.delete(node_status_key(node))

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 iptables nftables iputils-ping curl dnsutils tcpdump conntrack
   containernetworking-plugins iperf3 procps psmisc python3 python3-venv python3-pip
+  ipvsadm dnsmasq-base dnsperf
+  qemu-system-x86 busybox-static cpio   # the kernel-test harness (tests/kernel): IPVS and dummy need Debian's kernel
 )
 
 if [ "$(id -u)" -ne 0 ]; then
