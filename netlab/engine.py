@@ -9,7 +9,6 @@ point and after agents died.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from .store import open_store
 from .store.subnets import find_lease, release_lease
 
 AGENT_START_TIMEOUT = 30.0
+FAILING_POD_ATTEMPTS = 3  # a pod whose creation failed this often fails `up`/`apply` (its agent keeps retrying)
 
 
 class LabError(Exception):
@@ -53,10 +53,10 @@ def resolve_lab(name: str | None) -> str:
 def open_lab(name: str):
     paths = state.LabPaths(name)
     store = open_store(paths.store)
-    doc = store.get_json(state.LAB_KEY)
-    if doc is None:
+    lab = state.LabState(store).lab()
+    if lab is None:
         raise LabError(f"lab {name!r} has no recorded state; run kube-netlab down {name} and up again")
-    return paths, store, Lab.from_dict(doc, source=state.LAB_KEY)
+    return paths, store, lab
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -67,9 +67,8 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
     paths = state.LabPaths(lab.name)
     os.makedirs(paths.dir, exist_ok=True)
     store = open_store(paths.store)
-    old_doc = store.get_json(state.LAB_KEY)
-    if old_doc is not None:
-        old = Lab.from_dict(old_doc, source=state.LAB_KEY)
+    old = state.LabState(store).lab()
+    if old is not None:
         _check_compatible(old, lab)
         lab = lab.with_objects(merge_objects(old.objects, lab.objects))
         for gone in sorted(set(old.node_names) - set(lab.node_names)):
@@ -99,7 +98,7 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
     _write_desired(store, lab)
     for node in lab.nodes:
         if not state.agent_alive(paths, node.name):
-            store.delete(state.node_status_key(node.name))  # a dead agent's "ready" no longer holds
+            state.LabState(store).delete_node_status(node.name)  # a dead agent's "ready" no longer holds
             start_agent(paths, lab, node.name)
     wait_ready(store, paths, lab, timeout, progress)
     return lab
@@ -118,23 +117,17 @@ def _check_compatible(old: Lab, new: Lab) -> None:
 
 
 def _write_desired(store, lab: Lab) -> None:
-    """The lab document and one key per pod, scheduled; pods no longer wanted are deleted."""
-    store.put(state.LAB_KEY, state.dumps(lab.to_dict()))
-    current = {}
-    for kv in store.list(state.PODS):
-        spec = json.loads(kv.value).get("spec", {})
-        if spec.get("nodeName") in lab.node_names:
-            current[kv.key[len(state.PODS):]] = spec["nodeName"]
-    wanted = {}
-    for pod in lab.scheduled_pods(current):
-        wanted[state.pod_key(pod.namespace, pod.name)] = state.dumps(pod.to_dict())
-    for kv in store.list(state.PODS):
-        if kv.key not in wanted:
-            store.delete(kv.key)
-    for key, value in wanted.items():
-        kv = store.get(key)
-        if kv is None or kv.value != value:
-            store.put(key, value)
+    """The lab document and one key per pod, scheduled; pods no longer wanted are deleted.
+    Unchanged records are not rewritten (a write wakes every agent watching its prefix)."""
+    lab_state = state.LabState(store)
+    lab_state.put_lab(lab)
+    existing = lab_state.pods()
+    current = {key: pod.node_name for key, pod in existing.items() if pod.node_name in lab.node_names}
+    wanted = {pod.key: pod for pod in lab.scheduled_pods(current)}
+    for key in existing.keys() - wanted.keys():
+        lab_state.delete_pod(key)
+    for pod in wanted.values():
+        lab_state.put_pod(pod)
 
 
 def start_agent(paths: state.LabPaths, lab: Lab, node: str) -> int:
@@ -154,18 +147,21 @@ def start_agent(paths: state.LabPaths, lab: Lab, node: str) -> int:
 
 def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress: Progress) -> None:
     """Until every node reports ready and every pod runs (or has completed)."""
-    want_pods = {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
+    lab_state = state.LabState(store)
+    want_pods = set(lab_state.pods())
     total = len(lab.nodes) + len(want_pods)
     progress.start("nodes and pods", total)
     deadline = time.monotonic() + timeout
     while True:
-        nodes, pods = node_statuses(store), pod_statuses(store)
-        subnets = {n: nodes.get(n, {}).get("podCIDR") for n in lab.node_names}
+        nodes, pods = lab_state.node_statuses(), lab_state.pod_statuses()
+        subnets = {n: nodes[n].pod_cidr if n in nodes else None for n in lab.node_names}
         # ready: the agent says so, and flannel.1 has a peer for every other node (and no more)
-        ready_nodes = [n for n in lab.node_names if nodes.get(n, {}).get("ready")
-                       and sorted(nodes[n].get("peers", [])) == sorted(s for m, s in subnets.items() if m != n and s)]
-        done = [k for k in want_pods if pods.get(k, {}).get("phase") in ("Running", "Succeeded")]
-        failed = {k: pods[k] for k in want_pods if pods.get(k, {}).get("phase") == "Failed"}
+        ready_nodes = [n for n in lab.node_names if n in nodes and nodes[n].ready
+                       and sorted(nodes[n].peers) == sorted(s for m, s in subnets.items() if m != n and s)]
+        done = [k for k in want_pods if k in pods and pods[k].phase in ("Running", "Succeeded")]
+        # failed for good, or failing to be created again and again (the agent keeps retrying)
+        failed = {k: pods[k] for k in want_pods if k in pods and
+                  (pods[k].phase == "Failed" or pods[k].attempts >= FAILING_POD_ATTEMPTS)}
         progress.update(len(ready_nodes) + len(done),
                         f"nodes {len(ready_nodes)}/{len(lab.nodes)} ready, pods {len(done)}/{len(want_pods)} running")
         if len(ready_nodes) == len(lab.nodes) and len(done) == len(want_pods):
@@ -176,10 +172,13 @@ def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress:
             progress.finish()
             problems = [f"node {n}: agent exited ({_last_line(paths.agent_log(n))}); see {paths.agent_log(n)}"
                         for n in dead]
-            problems += [f"pod {k}: {st.get('message') or 'a container exited'}" for k, st in failed.items()]
+            problems += [f"pod {k}: {st.message or 'a container exited'}"
+                         + (f" ({st.attempts} attempts)" if st.attempts else "") for k, st in failed.items()]
             if not problems:
-                problems = [f"not ready after {timeout:.0f}s: nodes {len(ready_nodes)}/{len(lab.nodes)}, "
-                            f"pods {len(done)}/{len(want_pods)}; see {paths.dir}/logs"]
+                problems = [f"node {n}: {nodes[n].message}" for n in lab.node_names
+                            if n in nodes and not nodes[n].ready and nodes[n].message]
+                problems.append(f"not ready after {timeout:.0f}s: nodes {len(ready_nodes)}/{len(lab.nodes)}, "
+                                f"pods {len(done)}/{len(want_pods)}; see {paths.dir}/logs")
             raise LabError("; ".join(problems) + f". Inspect with kube-netlab status --lab {lab.name}, "
                                                  f"or tear down with kube-netlab down {lab.name}")
         time.sleep(0.1)
@@ -195,11 +194,13 @@ def _last_line(path: str) -> str:
 
 
 def node_statuses(store) -> dict[str, dict]:
-    return {kv.key[len(state.NODE_STATUS):]: json.loads(kv.value) for kv in store.list(state.NODE_STATUS)}
+    """Node statuses as dicts (NodeStatus.to_dict()) for the CLI until it reads LabState itself."""
+    return {n: st.to_dict() for n, st in state.LabState(store).node_statuses().items()}
 
 
 def pod_statuses(store) -> dict[str, dict]:
-    return {kv.key[len(state.POD_STATUS):]: json.loads(kv.value) for kv in store.list(state.POD_STATUS)}
+    """Pod statuses as dicts (PodStatus.to_dict()) for the CLI until it reads LabState itself."""
+    return {k: st.to_dict() for k, st in state.LabState(store).pod_statuses().items()}
 
 
 # --- apply / delete ------------------------------------------------------------------------
@@ -218,12 +219,13 @@ def delete(lab_name: str, path: str, *, timeout: float = 60.0) -> list:
     objects = load_manifests(path)
     new = lab.with_objects(remove_objects(lab.objects, objects))
     _write_desired(store, new)
-    wanted = {kv.key[len(state.PODS):] for kv in store.list(state.PODS)}
+    lab_state = state.LabState(store)
+    wanted = set(lab_state.pods())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:  # until the agents have removed them
         # a dead agent removes its pods when it runs again (the next `up`): no point waiting for it
-        left = [k for k, st in pod_statuses(store).items()
-                if k not in wanted and state.agent_alive(paths, st.get("node", ""))]
+        left = [k for k, st in lab_state.pod_statuses().items()
+                if k not in wanted and state.agent_alive(paths, st.node)]
         if not left:
             break
         time.sleep(0.1)
@@ -251,20 +253,20 @@ def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
     if pid:
         _kill([pid])
     node_ns = lab.node_netns(node)
+    lab_state = state.LabState(store)
     pod_netns = []
-    for kv in store.list(state.POD_STATUS):
-        st = json.loads(kv.value)
-        if st.get("node") == node:
-            pod_netns.append(st.get("netns"))
-            store.delete(kv.key)
-    for kv in store.list(state.PODS):
-        if json.loads(kv.value).get("spec", {}).get("nodeName") == node:
-            store.delete(kv.key)
+    for key, st in lab_state.pod_statuses().items():
+        if st.node == node:
+            pod_netns.append(st.netns)
+            lab_state.delete_pod_status(key)
+    for key, pod in lab_state.pods().items():
+        if pod.node_name == node:
+            lab_state.delete_pod(key)
     _teardown_namespaces([n for n in [*pod_netns, node_ns] if n])
     lease = find_lease(store, lab.node(node).underlay_ip)
     if lease:
         release_lease(store, lease)
-    store.delete(state.node_status_key(node))
+    lab_state.delete_node_status(node)
     shutil.rmtree(os.path.join(state.CNI_DATA_DIR, names.cni_network(lab.name, node)), ignore_errors=True)
     shutil.rmtree(paths.node_dir(node), ignore_errors=True)
     try:

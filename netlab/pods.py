@@ -29,7 +29,7 @@ from cni.spec import CniError
 from .model import Lab, Pod, names, pod_resolv_conf
 from .realize import ensure_netns, netns_exists, remove_netns
 from .realize.namespace import process_alive
-from .state import NETNS_ETC, LabPaths
+from .state import NETNS_ETC, ContainerStatus, LabPaths, PodStatus
 
 CNI_VERSION = "1.1.0"
 
@@ -52,13 +52,31 @@ def _container_id(namespace: str, name: str) -> str:
     return f"{namespace}_{name}"
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """The kubelet's backoff: initial seconds, doubling per failure, up to cap."""
+
+    initial: float = 1.0
+    cap: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the failures-th failure in a row (1 = the first)."""
+        return min(self.cap, self.initial * 2 ** max(0, failures - 1))
+
+
+POD_CREATE_BACKOFF = Backoff(1.0, 30.0)        # a pod sandbox that failed to come up
+CONTAINER_RESTART_BACKOFF = Backoff(1.0, 30.0)  # CrashLoopBackOff (the kubelet's is 10 s..5 min; a lab is impatient)
+
+
 @dataclass
 class Proc:
     name: str
     pid: int
     argv: list[str]
     restarts: int = 0
-    exit_code: int | None = None
+    exit_code: int | None = None              # set when it stays exited (no restart)
+    started_at: float | None = None           # wall clock
+    restart_at: float | None = None           # wall clock: exited, restarting after a backoff
     child: subprocess.Popen | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
@@ -70,6 +88,11 @@ class Proc:
         if self.child is not None:
             return self.child.poll()
         return None if process_alive(self.pid) else -1
+
+    @property
+    def settled(self) -> bool:
+        """Its exit is known and handled (terminated for good, or waiting to restart)."""
+        return self.exit_code is not None or self.restart_at is not None
 
 
 def _spawn(argv: list[str], log_path: str, env: dict | None = None) -> subprocess.Popen:
@@ -100,8 +123,16 @@ def _field(pod: Pod, path: str, pod_ip: str | None, host_ip: str | None) -> str:
     return values.get(path, "")
 
 
+def container_path() -> str:
+    """The venv's bin directory first, so a container command like `netlab-dns serve` runs the
+    project's own tool (the cluster DNS pod), then the node's usual PATH."""
+    system = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    venv_bin = os.path.dirname(sys.executable)
+    return os.pathsep.join([venv_bin, *(d for d in system.split(os.pathsep) if d and d != venv_bin)])
+
+
 def _container_env(lab: Lab, pod: Pod, container, pod_ip: str | None = None, host_ip: str | None = None) -> dict:
-    env = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    env = {"PATH": container_path(),
            "HOSTNAME": pod.hostname,
            "KUBERNETES_SERVICE_HOST": str(lab.kubernetes_service_ip), "KUBERNETES_SERVICE_PORT": "443",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -111,14 +142,19 @@ def _container_env(lab: Lab, pod: Pod, container, pod_ip: str | None = None, hos
 
 
 class PodRuntime:
-    def __init__(self, lab: Lab, node: str, paths: LabPaths, conf: dict):
+    """Pods' kernel objects and processes on one node. Keeps no desired state: the pods
+    controller (netlab.agent.pods) says what to create, supervise and delete."""
+
+    def __init__(self, lab: Lab, node: str, paths: LabPaths, conf: dict, *,
+                 restart_backoff: Backoff = CONTAINER_RESTART_BACKOFF, clock=time.time):
         self.lab, self.node, self.paths, self.conf = lab, node, paths, conf
+        self.restart_backoff, self.clock = restart_backoff, clock
         self.pause: dict[str, Proc] = {}
         self.containers: dict[str, list[Proc]] = {}
         self.pod_ips: dict[str, str | None] = {}
 
     # --- create ---------------------------------------------------------------------
-    def create(self, pod: Pod, adopt: dict | None = None) -> dict:
+    def create(self, pod: Pod, adopt: PodStatus | None = None) -> PodStatus:
         """Converge one pod; adopt is its last status (after an agent restart)."""
         netns = pod.netns(self.lab.name)
         if adopt and self._adopt(pod, adopt):
@@ -167,7 +203,7 @@ class PodRuntime:
             if child.poll() is not None:
                 raise RuntimeError(f"pod {pod.key}: pause process exited with {child.returncode}")
             time.sleep(0.005)
-        return Proc("pause", child.pid, argv, child=child)
+        return Proc("pause", child.pid, argv, started_at=self.clock(), child=child)
 
     def _start_container(self, pod: Pod, container, pause_pid: int) -> Proc:
         argv = ["nsenter", "-t", str(pause_pid), "-n", "-u", "-m", "--"]
@@ -178,67 +214,81 @@ class PodRuntime:
                              str(self.lab.node(self.node).underlay_ip))
         child = _spawn(argv, os.path.join(self.paths.pod_dir(pod.netns(self.lab.name)), f"{container.name}.log"),
                        env=env)
-        return Proc(container.name, child.pid, argv, child=child)
+        return Proc(container.name, child.pid, argv, started_at=self.clock(), child=child)
 
-    def _adopt(self, pod: Pod, st: dict) -> bool:
+    def _adopt(self, pod: Pod, st: PodStatus) -> bool:
         """Keep a pod that survived an agent restart: its namespace, eth0 and pause process live."""
         netns = pod.netns(self.lab.name)
-        pause_pid = st.get("pausePid")
-        if not (pause_pid and process_alive(pause_pid) and netns_exists(netns)):
+        if not (st.pause_pid and process_alive(st.pause_pid) and netns_exists(netns)):
             return False
-        self.pause[pod.key] = Proc("pause", pause_pid, [])
+        self.pause[pod.key] = Proc("pause", st.pause_pid, [])
         procs = []
         for c in pod.containers:
-            cs = next((x for x in st.get("containers", []) if x["name"] == c.name), None)
-            if cs and cs.get("pid") and process_alive(cs["pid"]):
-                procs.append(Proc(c.name, cs["pid"], [], restarts=cs.get("restartCount", 0)))
+            cs = next((x for x in st.containers if x.name == c.name), None)
+            if cs and cs.pid and cs.running and process_alive(cs.pid):
+                procs.append(Proc(c.name, cs.pid, [], restarts=cs.restart_count, started_at=cs.started_at))
             else:
-                p = self._start_container(pod, c, pause_pid)
-                p.restarts = (cs or {}).get("restartCount", 0) + 1
+                p = self._start_container(pod, c, st.pause_pid)
+                p.restarts = (cs.restart_count if cs else 0) + 1
                 procs.append(p)
         self.containers[pod.key] = procs
-        self.pod_ips[pod.key] = st.get("podIP")
+        self.pod_ips[pod.key] = st.pod_ip
         return True
 
     # --- supervise ------------------------------------------------------------------
+    def exited(self) -> bool:
+        """A process of a pod exited and nobody has handled it yet (the kubelet's PLEG relist)."""
+        procs = [*self.pause.values(), *(p for ps in self.containers.values() for p in ps)]
+        return any(not p.settled and not p.alive() for p in procs)
+
     def supervise(self, pod: Pod) -> bool:
-        """Restart exited containers per restartPolicy; True when something changed."""
+        """Restart exited containers per restartPolicy, after a backoff that doubles with each
+        restart (CrashLoopBackOff); True when something changed."""
         changed = False
         pause = self.pause.get(pod.key)
+        now = self.clock()
+        if pause and not pause.settled and not pause.alive():
+            pause.exit_code = pause.poll_exit()  # the sandbox is gone: the pod has failed, nothing restarts
+            changed = True
         for i, p in enumerate(self.containers.get(pod.key, [])):
-            if p.exit_code is not None or p.alive():
+            if p.exit_code is not None:
+                continue
+            if p.restart_at is not None:
+                if now >= p.restart_at and pause and pause.alive():
+                    container = next(c for c in pod.containers if c.name == p.name)
+                    q = self._start_container(pod, container, pause.pid)
+                    q.restarts = p.restarts + 1
+                    self.containers[pod.key][i] = q
+                    changed = True
+                continue
+            if p.alive():
                 continue
             code = p.poll_exit()
             policy = pod.spec.restart_policy
             if pause and pause.alive() and (policy == "Always" or (policy == "OnFailure" and code != 0)):
-                container = next(c for c in pod.containers if c.name == p.name)
-                q = self._start_container(pod, container, pause.pid)
-                q.restarts = p.restarts + 1
-                self.containers[pod.key][i] = q
+                p.restart_at = now + self.restart_backoff.delay(p.restarts + 1)
             else:
                 p.exit_code = code
             changed = True
         return changed
 
-    def status(self, pod: Pod) -> dict:
+    def next_restart(self) -> float | None:
+        """Wall-clock time of the next container restart due, if any."""
+        due = [p.restart_at for ps in self.containers.values() for p in ps if p.restart_at is not None]
+        return min(due) if due else None
+
+    def status(self, pod: Pod) -> PodStatus:
         pause = self.pause.get(pod.key)
-        procs = self.containers.get(pod.key, [])
-        containers = []
-        for p in procs:
-            running = p.exit_code is None and p.alive()
-            containers.append({"name": p.name, "pid": p.pid, "state": "running" if running else "terminated",
-                               "exitCode": p.exit_code, "restartCount": p.restarts})
+        containers = tuple(_container_status(p) for p in self.containers.get(pod.key, []))
         if pause is None or not pause.alive():
             phase = "Failed"
-        elif all(c["state"] == "running" for c in containers):
-            phase = "Running"
-        elif all(c["state"] == "terminated" for c in containers):
-            phase = "Succeeded" if all(c["exitCode"] == 0 for c in containers) else "Failed"
+        elif all(c.state == "terminated" for c in containers) and containers:
+            phase = "Succeeded" if all(c.exit_code == 0 for c in containers) else "Failed"
         else:
-            phase = "Running"
-        return {"phase": phase, "node": self.node, "netns": pod.netns(self.lab.name), "hostname": pod.hostname,
-                "pausePid": pause.pid if pause else None, "containers": containers,
-                "podIP": self.pod_ips.get(pod.key)}
+            phase = "Running"  # as the kubelet's: running while a container is (or will be again)
+        return PodStatus(node=self.node, netns=pod.netns(self.lab.name), phase=phase,
+                         pod_ip=self.pod_ips.get(pod.key), hostname=pod.hostname,
+                         pause_pid=pause.pid if pause else None, containers=containers)
 
     # --- delete ---------------------------------------------------------------------
     def delete(self, namespace: str, name: str) -> None:
@@ -264,6 +314,16 @@ class PodRuntime:
         for p in self.pause.values():
             if p.child is not None:
                 p.child.poll()
+
+
+def _container_status(p: Proc) -> ContainerStatus:
+    if p.restart_at is not None:
+        return ContainerStatus(p.name, None, "waiting", p.poll_exit(), p.restarts, "CrashLoopBackOff", None)
+    if p.exit_code is None and p.alive():
+        return ContainerStatus(p.name, p.pid, "running", None, p.restarts, None, p.started_at)
+    code = p.exit_code if p.exit_code is not None else p.poll_exit()
+    return ContainerStatus(p.name, p.pid, "terminated", code, p.restarts, "Completed" if code == 0 else "Error",
+                           p.started_at)
 
 
 def _terminate(p: Proc, grace: float = 0.5) -> None:

@@ -281,6 +281,33 @@ class NodeStatus:
                    d.get("proxyMode"))
 
 
+def _parse_slice(d, _key):
+    from .model.endpoints import EndpointSlice
+    return EndpointSlice.from_dict(d)
+
+
+def _parse_object(d, key):
+    from .model import object_from_dict
+    return object_from_dict(d, key)
+
+
+# the typed record behind each key prefix (longest prefixes first: POD_STATUS is not under PODS, but be safe)
+_PARSERS = ((POD_STATUS, lambda d, _k: PodStatus.from_dict(d)), (NODE_STATUS, lambda d, _k: NodeStatus.from_dict(d)),
+            (ENDPOINT_SLICES, _parse_slice), (PODS, _parse_object), (SERVICES, _parse_object))
+
+
+def event_records(event) -> tuple[object | None, object | None]:
+    """The typed records a store event on one of the lab's keys carries: (new, previous).
+    None where there is none (a DELETE has no new record, a create no previous one) and for
+    keys outside the lab's layout. Watchers filter on these (e.g. "a pod of this node")."""
+    parse = next((fn for prefix, fn in _PARSERS if event.key.startswith(prefix)), None)
+    if parse is None:
+        return None, None
+    new = parse(json.loads(event.kv.value), event.key) if event.kv.value else None
+    old = parse(json.loads(event.prev_kv.value), event.key) if event.prev_kv is not None else None
+    return new, old
+
+
 # --- readers and writers: the CLI, the engine and the agents go through these ---------------
 
 def _tail(key: str, prefix: str) -> str:

@@ -1,0 +1,132 @@
+"""The pods controller: the kubelet's part of a node agent.
+
+Runs the pods the store schedules to this node (/netlab/pods/, spec.nodeName), reports
+each one's PodStatus, and removes pods that are no longer wanted (also those a previous
+run of the agent left). Like the kubelet:
+
+  - a pod whose creation fails stays Pending with reason FailedCreatePodSandBox, its
+    message and the number of attempts, and is tried again after a backoff (1 s doubling
+    up to a cap); what the failed attempt left is removed first;
+  - exited containers are restarted per restartPolicy after their own backoff
+    (CrashLoopBackOff) and counted (restartCount);
+  - process exits are noticed by polling the processes (the PLEG's relist), not the store,
+    so a pod whose process dies is reported within a watcher round.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from ..pods import POD_CREATE_BACKOFF, Backoff, PodRuntime, cni_conf
+from ..state import PODS, PodStatus, event_records
+from .controller import Controller
+
+log = logging.getLogger("netlab.agent")
+FAILED_CREATE = "FailedCreatePodSandBox"  # the kubelet's event reason for a sandbox that did not come up
+
+
+@dataclass(frozen=True)
+class CreateFailure:
+    attempts: int
+    retry_at: float     # wall clock
+    message: str
+
+
+class PodsController(Controller):
+    name = "pods"
+    prefixes = (PODS,)
+    condition = "PodsFailing"
+
+    def __init__(self, agent, *, runtime: PodRuntime | None = None, create_backoff: Backoff = POD_CREATE_BACKOFF,
+                 restart_backoff: Backoff | None = None):
+        super().__init__(agent)
+        self.runtime = runtime
+        self.create_backoff = create_backoff
+        self.restart_backoff = restart_backoff
+        self.running: dict = {}                       # key -> Pod as created
+        self.failures: dict[str, CreateFailure] = {}  # key -> the last failed creation
+        self.history: dict[str, tuple[float, int]] = {}  # key -> (start time, failed attempts before it ran)
+
+    def setup(self) -> None:
+        if self.runtime is None:
+            subnet = str(self.agent.lease.subnet)
+            kw = {"restart_backoff": self.restart_backoff} if self.restart_backoff else {}
+            self.runtime = PodRuntime(self.lab, self.node.name, self.paths,
+                                      cni_conf(self.lab, self.node.name, subnet, self.lab.overlay_mtu),
+                                      clock=self.clock, **kw)
+
+    def wants(self, event) -> bool:
+        """A pod that is, or was, scheduled to this node."""
+        return any(p is not None and p.node_name == self.node.name for p in event_records(event))
+
+    def poll(self) -> bool:
+        return self.runtime is not None and self.runtime.exited()
+
+    def sync(self, full: bool) -> None:
+        node = self.node.name
+        desired = {k: p for k, p in self.state.pods().items() if p.node_name == node}
+        statuses = {k: s for k, s in self.state.pod_statuses().items() if s.node == node}
+        for key in sorted((set(self.running) | set(statuses) | set(self.failures)) - set(desired)):
+            self._delete(key)
+        for key, pod in desired.items():
+            if key in self.running and self.running[key] != pod:  # spec changed: recreate, as a new pod
+                self._delete(key, keep_status=True)
+            if key not in self.running:
+                self._start(pod, statuses.get(key))
+            else:
+                self.runtime.supervise(pod)
+            if key in self.running:
+                self._report(pod)
+        self.runtime.reap()
+        for at in (self.runtime.next_restart(), *(f.retry_at for f in self.failures.values())):
+            if at is not None and self.runner is not None:
+                self.runner.retry_after(at - self.clock())
+
+    def _start(self, pod, previous: PodStatus | None) -> None:
+        key, now = pod.key, self.clock()
+        failure = self.failures.get(key)
+        if failure and now < failure.retry_at:
+            return  # backing off; the runner comes back at retry_at
+        adopt = previous if previous is not None and previous.pause_pid else None
+        if adopt is None:
+            self.state.put_pod_status(key, PodStatus(self.node.name, pod.netns(self.lab.name), "Pending",
+                                                     attempts=failure.attempts if failure else 0,
+                                                     reason=FAILED_CREATE if failure else None,
+                                                     message=failure.message if failure else None))
+        try:
+            st = self.runtime.create(pod, adopt=adopt)
+        except Exception as e:  # one broken pod must not stop the node: report it, try again later
+            attempts = (failure.attempts if failure else 0) + 1
+            delay = self.create_backoff.delay(attempts)
+            log.error("pod %s: creation failed (attempt %d, next in %.1fs): %s", key, attempts, delay, e)
+            self.failures[key] = CreateFailure(attempts, now + delay, str(e))
+            self._clean_up(pod.namespace, pod.name)
+            self.state.put_pod_status(key, PodStatus(self.node.name, pod.netns(self.lab.name), "Pending",
+                                                     reason=FAILED_CREATE, message=str(e), attempts=attempts))
+            return
+        log.info("pod %s: %s %s%s", key, st.phase, st.pod_ip, " (adopted)" if adopt else "")
+        self.running[key] = pod
+        self.failures.pop(key, None)
+        self.history[key] = ((adopt.start_time if adopt else None) or now,
+                             failure.attempts if failure else (adopt.attempts if adopt else 0))
+
+    def _report(self, pod) -> None:
+        start_time, attempts = self.history[pod.key]
+        self.state.put_pod_status(pod.key, replace(self.runtime.status(pod), start_time=start_time, attempts=attempts))
+
+    def _delete(self, key: str, keep_status: bool = False) -> None:
+        ns, name = key.split("/", 1)
+        log.info("pod %s: deleting", key)
+        self.runtime.delete(ns, name)
+        self.running.pop(key, None)
+        self.failures.pop(key, None)
+        self.history.pop(key, None)
+        if not keep_status:
+            self.state.delete_pod_status(key)
+
+    def _clean_up(self, ns: str, name: str) -> None:
+        """Remove what a failed creation left, so the next attempt starts from nothing."""
+        try:
+            self.runtime.delete(ns, name)
+        except Exception as e:
+            log.warning("pod %s/%s: cleaning up a failed creation: %s", ns, name, e)
