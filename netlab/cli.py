@@ -2,8 +2,9 @@
 
     kube-netlab up LAB.yaml            build (or converge) a lab, wait until it is ready
     kube-netlab down [LAB] [--all]     remove everything a lab created
-    kube-netlab get nodes|pods [-o wide|json] [-n NS]
-    kube-netlab apply -f FILE          create or update Namespaces, Pods, Deployments
+    kube-netlab get RESOURCE [NAME...] [-o wide|json|name] [-n NS | -A]
+                                       pods|po, nodes|no, services|svc, endpoints|ep, endpointslices
+    kube-netlab apply -f FILE          create or update Namespaces, Pods, Deployments, Services
     kube-netlab delete -f FILE         delete them again
     kube-netlab delete node NAME       take a node out of the lab
     kube-netlab exec POD [-n NS] -- CMD...   run CMD in a pod (also --node NAME, --external)
@@ -12,83 +13,106 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 
-from . import engine, state
+from . import engine, state, views
 from .engine import LabError
-from .model import ModelError, names
+from .model import ModelError
 from .progress import Progress
 
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("   ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows])
+DEFAULT_NAMESPACE = "default"   # kubectl's, without a kubeconfig context
 
 
-# --- views ---------------------------------------------------------------------------------
+# --- reading the lab: typed records in, Kubernetes-shaped objects out (netlab.views) -------
 
-def node_items(lab_name: str) -> list[dict]:
-    paths, store, lab = engine.open_lab(lab_name)
-    statuses = engine.node_statuses(store)
-    items = []
-    for node in lab.nodes:
-        st = statuses.get(node.name, {})
-        pid = state.agent_alive(paths, node.name)
-        items.append({"name": node.name, "underlayIP": str(node.underlay_ip), "podCIDR": st.get("podCIDR"),
-                      "vtepMAC": st.get("vtepMAC"), "netns": lab.node_netns(node.name),
-                      "vxlanDevice": lab.vxlan.device, "ready": bool(st.get("ready")) and pid is not None,
-                      "agentPid": pid, "peers": st.get("peers", []), "labels": dict(node.labels)})
-    return items
+class LabView:
+    """One lab's records, read once per command through state.LabState."""
+
+    def __init__(self, lab_name: str):
+        self.paths, store, self.lab = engine.open_lab(lab_name)
+        self.state = state.LabState(store)
+
+    def pods(self, namespace: str | None = None) -> list[dict]:
+        statuses = self.state.pod_statuses()
+        host_ips = {n.name: str(n.underlay_ip) for n in self.lab.nodes}
+        out = []
+        for key, pod in sorted(self.state.pods().items()):
+            if namespace is None or pod.namespace == namespace:
+                out.append(views.pod_object(pod, statuses.get(key), lab=self.lab.name,
+                                            host_ip=host_ips.get(pod.node_name or "")))
+        return out
+
+    def nodes(self, namespace: str | None = None) -> list[dict]:
+        statuses = self.state.node_statuses()
+        return [views.node_object(node, statuses.get(node.name), agent_pid=state.agent_alive(self.paths, node.name),
+                                  netns=self.lab.node_netns(node.name), vxlan=self.lab.vxlan,
+                                  created=_mtime(self.paths.vtep_mac(node.name)))
+                for node in self.lab.nodes]
+
+    def _services(self, namespace: str | None) -> list:
+        return [svc for _, svc in sorted(self.state.services().items())
+                if namespace is None or svc.namespace == namespace]
+
+    def services(self, namespace: str | None = None) -> list[dict]:
+        return [views.service_object(svc) for svc in self._services(namespace)]
+
+    def endpoints(self, namespace: str | None = None) -> list[dict]:
+        """One Endpoints per Service that has a cluster IP or none (every type but ExternalName),
+        so a Service without endpoints shows <none>, the reason its traffic is rejected."""
+        out = []
+        for svc in self._services(namespace):
+            if svc.type != "ExternalName":
+                created = _created(views.service_object(svc))
+                out.append(views.endpoints_object(svc.namespace, svc.name, self.state.endpoint_slices(svc.key),
+                                                  labels=svc.labels, created=created))
+        return out
+
+    def endpointslices(self, namespace: str | None = None) -> list[dict]:
+        created = {svc.key: _created(views.service_object(svc)) for svc in self._services(namespace)}
+        slices = [s for s in self.state.endpoint_slices() if namespace is None or s.namespace == namespace]
+        return [views.endpoint_slice_object(s, created.get(s.service_key))
+                for s in sorted(slices, key=lambda s: (s.namespace, s.name))]
+
+    def objects(self, res: views.Resource, namespace: str | None) -> list[dict]:
+        return getattr(self, res.name)(namespace)
 
 
-def pod_items(lab_name: str, namespace: str | None = None) -> list[dict]:
-    paths, store, lab = engine.open_lab(lab_name)
-    statuses = engine.pod_statuses(store)
-    items = []
-    for kv in store.list(state.PODS):
-        doc = json.loads(kv.value)
-        meta, spec = doc["metadata"], doc["spec"]
-        ns, name = meta.get("namespace", "default"), meta["name"]
-        if namespace and ns != namespace:
-            continue
-        st = statuses.get(f"{ns}/{name}", {})
-        containers = st.get("containers", [])
-        items.append({"name": name, "namespace": ns, "node": spec.get("nodeName"), "ip": st.get("podIP"),
-                      "netns": names.pod_netns(lab.name, ns, name), "phase": st.get("phase", "Pending"),
-                      "hostname": st.get("hostname"), "labels": meta.get("labels", {}),
-                      "restarts": sum(c.get("restartCount", 0) for c in containers),
-                      "containers": containers, "message": st.get("message")})
-    return sorted(items, key=lambda p: (p["namespace"], p["name"]))
+def _created(obj: dict) -> float | None:
+    return views.parse_rfc3339(obj["metadata"].get("creationTimestamp"))
 
 
-def print_nodes(items: list[dict], output: str | None) -> None:
-    if output == "json":
-        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
-        return
-    header = ["NAME", "STATUS", "UNDERLAY-IP", "POD-CIDR"]
-    rows = [[n["name"], "Ready" if n["ready"] else "NotReady", n["underlayIP"], n["podCIDR"] or "<none>"]
-            for n in items]
-    if output == "wide":
-        header += ["VTEP-MAC", "NETNS", "AGENT-PID"]
-        for r, n in zip(rows, items):
-            r += [n["vtepMAC"] or "<none>", n["netns"], n["agentPid"] or "<dead>"]
-    print(_table(rows, header))
+def _mtime(path: str) -> float | None:
+    """When a file was written: a node's vtep-mac is written once, when the node first joins."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
-def print_pods(items: list[dict], output: str | None) -> None:
-    if output == "json":
-        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
-        return
-    header = ["NAMESPACE", "NAME", "STATUS", "RESTARTS", "IP", "NODE"]
-    rows = [[p["namespace"], p["name"], p["phase"], p["restarts"], p["ip"] or "<none>", p["node"] or "<none>"]
-            for p in items]
-    if output == "wide":
-        header += ["NETNS", "HOSTNAME"]
-        for r, p in zip(rows, items):
-            r += [p["netns"], p["hostname"] or "<none>"]
-    print(_table(rows, header))
+def _print_get(view: LabView, what: str, output: str | None, *, namespace: str | None = None,
+               names_: list[str] | None = None) -> int:
+    res = views.resource(what)
+    objects = view.objects(res, namespace if res.namespaced else None)
+    if names_:
+        found = {o["metadata"]["name"]: o for o in objects}
+        missing = [n for n in names_ if n not in found]
+        for n in missing:
+            print(f'Error from server (NotFound): {res.name} "{n}" not found'
+                  + (f" in namespace {namespace}" if res.namespaced and namespace else ""), file=sys.stderr)
+        objects = [found[n] for n in names_ if n in found]
+        if missing and not objects:
+            return 1
+    elif not objects and output != "json":
+        where = f" in {namespace} namespace" if res.namespaced and namespace else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    text = views.render(res, objects, output, now=time.time(), all_namespaces=res.namespaced and namespace is None,
+                        single=bool(names_) and len(names_) == 1)
+    if text:
+        print(text)
+    return 1 if names_ and len(objects) != len(names_) else 0
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -98,14 +122,19 @@ def cmd_up(a) -> int:
     lab = engine.up(a.file, name=a.name, timeout=a.timeout, progress=progress)
     print(f"lab {lab.name} is ready: {len(lab.nodes)} nodes on {lab.underlay.cidr}, "
           f"pods on {lab.pod_cidr} over VXLAN {lab.vxlan.device} (UDP {lab.vxlan.port})\n")
-    print_nodes(node_items(lab.name), "wide")
+    view = LabView(lab.name)
+    _print_get(view, "nodes", "wide")
     print()
-    pods = pod_items(lab.name)
-    print_pods(pods, "wide")
-    running = [p for p in pods if p["ip"]]
+    _print_get(view, "pods", "wide")
+    if view.state.services():
+        print()
+        _print_get(view, "services", None)
+    running = [p for p in view.pods() if p["status"].get("podIP") and p["status"]["phase"] == "Running"]
     if len(running) >= 2:
-        a_, b_ = running[0], next((p for p in running if p["node"] != running[0]["node"]), running[1])
-        print(f"\ntry:  kube-netlab exec {a_['name']} -n {a_['namespace']} -- ping -c 3 {b_['ip']}")
+        first = running[0]
+        other = next((p for p in running if p["spec"].get("nodeName") != first["spec"].get("nodeName")), running[1])
+        print(f"\ntry:  kube-netlab exec {first['metadata']['name']} -n {first['metadata']['namespace']} "
+              f"-- ping -c 3 {other['status']['podIP']}")
     return 0
 
 
@@ -121,12 +150,15 @@ def cmd_down(a) -> int:
 
 
 def cmd_get(a) -> int:
-    lab = engine.resolve_lab(a.lab)
-    if a.what in ("nodes", "node", "no"):
-        print_nodes(node_items(lab), a.output)
-    else:
-        print_pods(pod_items(lab, a.namespace), a.output)
-    return 0
+    what, names_ = a.what, list(a.names)
+    if "/" in what:  # kubectl's TYPE/NAME form
+        what, name = what.split("/", 1)
+        names_.insert(0, name)
+    views.resource(what)  # an unknown resource fails before the lab is opened
+    if a.all_namespaces and names_:
+        raise LabError("a resource cannot be retrieved by name across all namespaces; use -n NAMESPACE")
+    namespace = None if a.all_namespaces else (a.namespace or DEFAULT_NAMESPACE)
+    return _print_get(LabView(engine.resolve_lab(a.lab)), what, a.output, namespace=namespace, names_=names_)
 
 
 def cmd_apply(a) -> int:
@@ -156,7 +188,7 @@ def cmd_exec(a, command: list[str]) -> int:
     if not command:
         raise LabError("no command: use kube-netlab exec POD -- CMD [ARGS...]")
     lab_name = engine.resolve_lab(a.lab)
-    _, store, lab = engine.open_lab(lab_name)
+    _, _, lab = engine.open_lab(lab_name)
     if a.external:
         if not lab.external:
             raise LabError(f"lab {lab_name} has no external host (spec.external is false)")
@@ -168,17 +200,17 @@ def cmd_exec(a, command: list[str]) -> int:
     else:
         if not a.pod:
             raise LabError("name a pod, or use --node NAME or --external")
-        pods = [p for p in pod_items(lab_name, a.namespace) if p["name"] == a.pod]
+        view = LabView(lab_name)
+        pods = [p for p in view.pods(a.namespace) if p["metadata"]["name"] == a.pod]
         if not pods:
             raise LabError(f"pod {a.pod!r} not found" + (f" in namespace {a.namespace}" if a.namespace else "")
-                           + "; list pods with: kube-netlab get pods")
+                           + "; list pods with: kube-netlab get pods -A")
         if len(pods) > 1:
-            raise LabError(f"pod {a.pod!r} exists in namespaces {', '.join(p['namespace'] for p in pods)}; "
-                           "choose one with -n NAMESPACE")
-        st = engine.pod_statuses(store).get(f"{pods[0]['namespace']}/{a.pod}", {})
-        pause = st.get("pausePid")
+            raise LabError(f"pod {a.pod!r} exists in namespaces "
+                           f"{', '.join(p['metadata']['namespace'] for p in pods)}; choose one with -n NAMESPACE")
+        pause = pods[0]["status"]["netlab"]["pausePid"]
         if not pause or not os.path.exists(f"/proc/{pause}"):
-            raise LabError(f"pod {a.pod} is {pods[0]['phase']}, not running")
+            raise LabError(f"pod {a.pod} is {views.pod_status_text(pods[0])}, not running")
         # the pod's network, hostname and resolv.conf: the namespaces of its pause process
         argv = ["nsenter", "-t", str(pause), "-n", "-u", "-m", "--", *command]
     sys.stdout.flush()
@@ -193,16 +225,19 @@ def cmd_status(a) -> int:
         return 0
     for name in labs:
         engine.resolve_lab(name)
-        nodes, pods = node_items(name), pod_items(name)
+        view = LabView(name)
+        nodes, pods, services = view.nodes(), view.pods(), view.services()
         phases: dict[str, int] = {}
         for p in pods:
-            phases[p["phase"]] = phases.get(p["phase"], 0) + 1
-        ready = sum(n["ready"] for n in nodes)
+            phases[p["status"]["phase"]] = phases.get(p["status"]["phase"], 0) + 1
+        ready = sum(views.node_ready(n) for n in nodes)
         print(f"lab {name}: nodes {ready}/{len(nodes)} ready, pods "
-              + (", ".join(f"{v} {k}" for k, v in sorted(phases.items())) or "none"))
+              + (", ".join(f"{v} {k}" for k, v in sorted(phases.items())) or "none")
+              + (f", services {len(services)}" if services else ""))
         for n in nodes:
-            print(f"  {n['name']:<15} {'Ready' if n['ready'] else 'NotReady':<9} {n['podCIDR'] or '-':<16} "
-                  f"agent {n['agentPid'] or 'dead'}")
+            lab_facts = n["status"]["netlab"]
+            print(f"  {n['metadata']['name']:<15} {'Ready' if views.node_ready(n) else 'NotReady':<9} "
+                  f"{n['spec'].get('podCIDR') or '-':<16} agent {lab_facts['agentPid'] or 'dead'}")
     return 0
 
 
@@ -226,10 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every lab")
     sp.set_defaults(func=cmd_down)
 
-    sp = sub.add_parser("get", help="list nodes or pods")
-    sp.add_argument("what", choices=["nodes", "node", "no", "pods", "pod", "po"])
-    sp.add_argument("-o", "--output", choices=["wide", "json"])
-    sp.add_argument("-n", "--namespace")
+    sp = sub.add_parser("get", help="list pods, nodes, services, endpoints, endpointslices",
+                        description="kubectl get: " + ", ".join(
+                            f"{r.name} ({', '.join(x for x in r.aliases if '.' not in x)})" for r in views.RESOURCES))
+    sp.add_argument("what", metavar="RESOURCE", help="pods|po, nodes|no, services|svc, endpoints|ep, endpointslices")
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("-o", "--output", choices=["wide", "json", "name"])
+    sp.add_argument("-n", "--namespace", help=f"default: {DEFAULT_NAMESPACE}")
+    sp.add_argument("-A", "--all-namespaces", action="store_true")
     lab_opt(sp)
     sp.set_defaults(func=cmd_get)
 
@@ -276,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kube-netlab: {e}", file=sys.stderr)
         print("nothing was created or changed", file=sys.stderr)
         return 2
-    except LabError as e:
+    except (LabError, views.UnknownResource) as e:
         print(f"kube-netlab: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
