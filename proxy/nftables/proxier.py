@@ -1,0 +1,69 @@
+"""The nftables proxy mode: one `nft -f -` transaction per sync."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+
+from ..types import ProxyNode, ProxyState, ServicePortName, SyncResult
+from .render import DEFAULT_LAYOUT, T, Written, check_layout, render_pieces
+
+log = logging.getLogger("netlab.proxy")
+
+
+class NftError(RuntimeError):
+    pass
+
+
+class NftablesProxier:
+    """kube-proxy's nftables mode for one node (Proxier protocol of proxy.types).
+
+    netns None: the current network namespace (the agent runs in its node's);
+    a name: `nft` runs through `ip netns exec <netns>` (tests, benches).
+    """
+
+    mode = "nftables"
+
+    def __init__(self, node: ProxyNode, *, netns: str | None = None, layout: str = DEFAULT_LAYOUT):
+        self.node = node
+        self.netns = netns
+        self.layout = check_layout(layout)
+        # what the kernel holds, as we wrote it; None: unknown (first sync, or
+        # a batch failed), so the next sync recreates the table
+        self._written: Written | None = None
+
+    def _nft(self, text: str) -> None:
+        argv = ["nft", "-f", "-"]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        res = subprocess.run(argv, input=text, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise NftError(res.stderr.strip() or f"nft exited with {res.returncode}")
+
+    def sync(self, state: ProxyState, changed: frozenset[ServicePortName] | None = None) -> SyncResult:
+        start = time.monotonic()
+        full = changed is None or self._written is None
+        try:
+            if full:
+                pieces = render_pieces(self.node, state, self.layout)
+                written = Written(self.node, self.layout, pieces)
+                text, size = written.full_text(self._written)
+                self._nft(text)
+                self._written = written
+            else:
+                updates = render_pieces(self.node, state, self.layout, only=changed)
+                text, size = self._written.partial_text(updates)
+                if text:
+                    self._nft(text)
+                self._written.apply(updates)
+        except NftError as e:
+            log.error("nftables %s sync of %s (layout %s) rejected, previous rules kept; next sync is full: %s",
+                      "full" if full else "partial", self.netns or "this namespace", self.layout, e)
+            self._written = None
+            return SyncResult(full=full, seconds=time.monotonic() - start, error=str(e))
+        return SyncResult(full=full, seconds=time.monotonic() - start, size=size)
+
+    def cleanup(self) -> None:
+        """Delete the table (and with it every chain, map and set of this mode)."""
+        self._nft(f"add table {T}\ndelete table {T}\n")   # add first: absence is fine
+        self._written = None
