@@ -13,6 +13,7 @@ import pytest
 
 from cni import iptables, netns
 from cni.main import bridge
+from cni.spec import CniError
 from cnirun import exec_conflist, exec_plugin
 from conftest import unique_name
 
@@ -300,6 +301,9 @@ def test_in_process_attach_returns_the_same_result_shape(node, namespaces, tmp_p
         try:
             assert [i["name"] for i in result["interfaces"]] == ["cni0", bridge.host_veth_name(pod, "eth0"), "eth0"]
             bridge.check(dict(conf, prevResult=result), pod, f"/run/netns/{pod}")
+            with pytest.raises(CniError) as e:  # in-process errors carry the spec's codes too
+                bridge.add(conf, pod, f"/run/netns/{pod}")
+            assert e.value.code == 4 and "already exists" in e.value.msg  # 4: invalid environment (eth0 taken)
         finally:
             bridge.delete(conf, pod, f"/run/netns/{pod}")
     assert leases(conf) == []
