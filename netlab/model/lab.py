@@ -10,13 +10,14 @@ address plan, proxy mode and the workloads to apply.
 
 `load_lab(path)` reads the file and every workload file it names, checks it
 all (docs/lab-format.md lists the rules) and returns a `Lab`, or raises one
-ModelError listing every problem. Validation runs in two phases: first every
+ModelError listing every problem. Besides the objects of its files, every lab
+has the system objects of `system.py` (kubernetes and kube-dns Services,
+the coredns Deployment, the built-in Namespaces). Validation runs in two phases: first every
 field of every file, then, once those are valid, the checks across objects
 (unknown nodes and namespaces, duplicates, Service addresses, room on nodes).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -29,13 +30,18 @@ from ._reader import Problems, Reader, load_yaml_documents
 from .errors import ModelError, Problem, show
 from .manifests import MANIFEST_SUFFIXES, duplicates, parse_manifests, read_text
 from .scheduling import schedule
+from .services import allocate_services, service_problems
+from .system import system_objects
 from .validate import dns_label, dns_subdomain, ipv4_address, ipv4_network, label_key, label_value
-from .workloads import (BUILTIN_NAMESPACES, Deployment, Namespace, Object, Pod, Service, describe, expand,
-                        parse_object)
+from .workloads import (BUILTIN_NAMESPACES, DaemonSet, Deployment, Namespace, Object, Pod, Service, StatefulSet,
+                        describe, expand, object_key, parse_object, problem_at)
 
 API_VERSION = "netlab.dev/v1alpha1"
 KIND = "Lab"
 PROXY_MODES = ("iptables", "nftables", "ipvs")
+# nftables mode: kube-proxy's own table layout (what a student reads beside its docs), or one
+# without a chain per Service and endpoint (verdict maps only), which stays fast at 10k Services
+NFTABLES_LAYOUTS = ("kube-proxy", "maps")
 FIRST_NODE_HOST = 11          # nodes from 192.168.56.11, like the Vagrantfile
 MIN_MTU, MAX_MTU = 576, 65535
 
@@ -47,6 +53,9 @@ DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 DEFAULT_VNI = 1
 DEFAULT_VXLAN_PORT = 8472
 DEFAULT_MTU = 1500
+DEFAULT_DNS_TTL = 30          # kubeadm's Corefile: kubernetes ... ttl 30
+MAX_DNS_TTL = 3600            # CoreDNS kubernetes plugin's limit
+DNS_PORT = 53
 
 _LAB_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
@@ -91,6 +100,26 @@ class External:
 
 
 @dataclass(frozen=True)
+class ClusterDNS:
+    """spec.dns: the cluster DNS server's settings."""
+
+    ttl: int = DEFAULT_DNS_TTL
+    upstream: str | None = None     # "IP:PORT" for names outside the cluster domain; None: answer REFUSED
+    replicas: int = 1               # coredns pods
+
+    @property
+    def upstream_address(self) -> tuple[str, int] | None:
+        """(ip, port) of the upstream server, or None."""
+        if self.upstream is None:
+            return None
+        ip, _, port = self.upstream.rpartition(":")
+        return ip, int(port)
+
+    def to_dict(self) -> dict:
+        return {"ttl": self.ttl, "upstream": self.upstream or False, "replicas": self.replicas}
+
+
+@dataclass(frozen=True)
 class Lab:
     name: str
     nodes: tuple[Node, ...]
@@ -102,6 +131,8 @@ class Lab:
     underlay: Underlay = Underlay()
     vxlan: VXLAN = VXLAN()
     proxy_mode: str = "iptables"
+    nftables_layout: str = "kube-proxy"
+    dns: ClusterDNS = ClusterDNS()
     node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE
     external: External | None = External(IPv4Address("192.168.56.254"))
     objects: tuple[Object, ...] = ()
@@ -157,33 +188,69 @@ class Lab:
         return out
 
     # --- workloads ---
+    # `objects` are the user's (from lab files and apply); the system objects are derived from
+    # the lab's settings, so they are never stored and always match them.
+    @property
+    def system_objects(self) -> list[Object]:
+        return system_objects(self)
+
+    @property
+    def all_objects(self) -> list[Object]:
+        """The user's objects, then the system objects."""
+        return [*self.objects, *system_objects(self)]
+
     @property
     def namespaces(self) -> list[str]:
         """Kubernetes namespaces that exist: the built-in ones and those declared."""
         declared = [o.name for o in self.objects if isinstance(o, Namespace)]
         return list(dict.fromkeys([*BUILTIN_NAMESPACES, *declared]))
 
+    # the per-kind lists and pods() are the user's objects; all_objects and system=True add the system's
+    def _of_kind(self, kind: type) -> list:
+        return [o for o in self.objects if isinstance(o, kind)]
+
     @property
     def deployments(self) -> list[Deployment]:
-        return [o for o in self.objects if isinstance(o, Deployment)]
+        return self._of_kind(Deployment)
+
+    @property
+    def statefulsets(self) -> list[StatefulSet]:
+        return self._of_kind(StatefulSet)
+
+    @property
+    def daemonsets(self) -> list[DaemonSet]:
+        return self._of_kind(DaemonSet)
 
     @property
     def services(self) -> list[Service]:
-        return [o for o in self.objects if isinstance(o, Service)]
+        """The user's Services as written (addresses not allocated)."""
+        return self._of_kind(Service)
 
-    def pods(self) -> list[Pod]:
-        """Every pod wanted (Pods and Deployment replicas), not yet scheduled."""
-        return expand(list(self.objects))
+    def allocated_services(self, existing: Mapping[str, Service] | None = None) -> list[Service]:
+        """Every Service of the lab, kubernetes and kube-dns included, with
+        ClusterIPs and NodePorts (services.allocate_services): what the store
+        holds. existing: as allocated before, by "ns/name", so addresses stay put."""
+        return allocate_services(self, [o for o in self.all_objects if isinstance(o, Service)], existing)
 
-    def scheduled_pods(self, current: Mapping[str, str] | None = None) -> list[Pod]:
+    def pods(self, *, system: bool = False) -> list[Pod]:
+        """Every pod wanted (Pods, Deployment and StatefulSet replicas, a
+        DaemonSet's pod per matching node), not yet scheduled; system=True
+        adds the coredns pods after the user's."""
+        return expand(self.all_objects if system else self.objects, self.nodes)
+
+    def scheduled_pods(self, current: Mapping[str, str] | None = None, *, system: bool = False) -> list[Pod]:
         """pods() bound to nodes; current maps "ns/name" to the node a pod
         runs on now so running pods stay put."""
-        return schedule(self.pods(), self.nodes, current=current, max_pods_per_node=self.pods_per_node)
+        return schedule(self.pods(system=system), self.nodes, current=current,
+                        max_pods_per_node=self.pods_per_node)
 
     def with_objects(self, objects: Iterable[Object]) -> "Lab":
         """This lab with another set of desired objects (after apply/delete),
-        checked like load_lab checks its workloads. Raises ModelError."""
-        objects = tuple(objects)
+        checked like load_lab checks its workloads. A system object applied
+        unchanged is accepted and not kept (it exists anyway); a changed one
+        is an error. Raises ModelError."""
+        system = {object_key(o): o for o in system_objects(self)}
+        objects = tuple(o for o in objects if not _same_as_system(o, system.get(object_key(o))))
         problems = _check_objects(self, objects)
         if problems:
             raise ModelError(problems)
@@ -203,6 +270,8 @@ class Lab:
             "underlay": {"cidr": str(self.underlay.cidr), "mtu": self.underlay.mtu},
             "vxlan": {"vni": self.vxlan.vni, "port": self.vxlan.port},
             "proxyMode": self.proxy_mode,
+            "nftables": {"layout": self.nftables_layout},
+            "dns": self.dns.to_dict(),
             "nodePortRange": f"{self.node_port_range[0]}-{self.node_port_range[1]}",
             "external": {"ip": str(self.external.ip)} if self.external else False,
             "manifests": [o.to_dict() for o in self.objects],
@@ -303,7 +372,7 @@ def _build_lab(docs: list[tuple[Any, int | None]], source: str, *, base_dir: Pat
 
     s = r.mapping("spec") or Reader({}, "spec", source, problems, line)
     s.fields({"nodes", "podCIDR", "subnetLen", "serviceCIDR", "dnsIP", "clusterDomain", "underlay", "vxlan",
-              "proxyMode", "nodePortRange", "external", "workloads", "manifests"}, strict=True)
+              "proxyMode", "nftables", "dns", "nodePortRange", "external", "workloads", "manifests"}, strict=True)
 
     # address plan
     pod_cidr = _cidr(s, "podCIDR", DEFAULT_POD_CIDR)
@@ -360,6 +429,13 @@ def _build_lab(docs: list[tuple[Any, int | None]], source: str, *, base_dir: Pat
         fix = proxy_mode.lower() if proxy_mode.lower() in PROXY_MODES else " or ".join(PROXY_MODES)
         s.error("proxyMode", f"{show(proxy_mode)} is not a proxy mode; use {fix}")
         proxy_mode = None
+    nft = s.mapping("nftables") or Reader({}, "spec.nftables", source, problems, s.line)
+    nft.fields({"layout"}, strict=True)
+    layout = nft.text("layout", NFTABLES_LAYOUTS[0])
+    if layout is not None and layout not in NFTABLES_LAYOUTS:
+        nft.error("layout", f"{show(layout)} is not an nftables layout; use {' or '.join(NFTABLES_LAYOUTS)} "
+                            "(kube-proxy: kube-proxy's own table; maps: no chain per Service, for thousands)")
+        layout = None
 
     npr = _node_port_range(s)
     if npr is not None and vxlan_port is not None and npr[0] <= vxlan_port <= npr[1]:
@@ -388,6 +464,8 @@ def _build_lab(docs: list[tuple[Any, int | None]], source: str, *, base_dir: Pat
     if want_external and external_ip is None and underlay_cidr is not None:
         external_ip = underlay_cidr.broadcast_address - 1   # the last address: far from the nodes' .11 up
 
+    dns = _cluster_dns(s, external_ip if want_external else None, dns_ip)
+
     # nodes
     nodes = _nodes(s, underlay_cidr, external_ip if want_external else None)
     if nodes is not None and pod_cidr is not None and subnet_len is not None:
@@ -412,12 +490,51 @@ def _build_lab(docs: list[tuple[Any, int | None]], source: str, *, base_dir: Pat
 
     problems.raise_if_any()
     assert None not in (lab_name, pod_cidr, service_cidr, underlay_cidr, subnet_len, dns_ip, domain,
-                        proxy_mode, npr, nodes, vni, vxlan_port, mtu)
+                        proxy_mode, layout, dns, npr, nodes, vni, vxlan_port, mtu)
     lab = Lab(name=lab_name, nodes=tuple(nodes), pod_cidr=pod_cidr, subnet_len=subnet_len,
               service_cidr=service_cidr, dns_ip=dns_ip, cluster_domain=domain,
               underlay=Underlay(underlay_cidr, mtu), vxlan=VXLAN(vni, vxlan_port), proxy_mode=proxy_mode,
-              node_port_range=npr, external=External(external_ip) if want_external else None, source=source)
+              nftables_layout=layout, dns=dns, node_port_range=npr, external=External(external_ip) if want_external else None, source=source)
     return lab.with_objects(objects)
+
+
+def _cluster_dns(s: Reader, external_ip: IPv4Address | None, dns_ip: IPv4Address | None) -> ClusterDNS | None:
+    d = s.mapping("dns") or Reader({}, "spec.dns", s.source, s.problems, s.line)
+    d.fields({"ttl", "upstream", "replicas"}, strict=True)
+    ttl = d.integer("ttl", DEFAULT_DNS_TTL, lo=0, hi=MAX_DNS_TTL, why=" seconds (CoreDNS's limit)")
+    replicas = d.integer("replicas", 1, lo=0, why=" (0: no cluster DNS pod)")
+    raw = d.raw("upstream", True)
+    upstream = None
+    if raw is True:   # absent: the external host plays the outside world's DNS server
+        upstream = f"{external_ip}:{DNS_PORT}" if external_ip else None
+    elif isinstance(raw, str) and raw:
+        upstream = _upstream(d, raw, dns_ip)
+        if upstream is None:
+            return None
+    elif raw is not False:
+        d.error("upstream", f"{show(raw)} is not a DNS server; write IP or IP:PORT (e.g. 192.168.56.254:53), "
+                            "or false for none (names outside the cluster domain get REFUSED)")
+        return None
+    if ttl is None or replicas is None:
+        return None
+    return ClusterDNS(ttl, upstream, replicas)
+
+
+def _upstream(d: Reader, raw: str, dns_ip: IPv4Address | None) -> str | None:
+    """IP[:PORT] -> "IP:PORT"; None after reporting a problem."""
+    host, sep, port_text = raw.rpartition(":") if ":" in raw else (raw, "", str(DNS_PORT))
+    if msg := ipv4_address(host):
+        d.error("upstream", f"{msg}; write IP or IP:PORT, e.g. 192.168.56.254:53")
+        return None
+    if not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        d.error("upstream", f"{show(raw)} has no valid port; write IP:PORT with a port from 1 to 65535, "
+                            f"or leave the port out for {DNS_PORT}")
+        return None
+    if IPv4Address(host) == dns_ip:
+        d.error("upstream", f"{show(raw)} is the cluster DNS address itself (spec.dnsIP); name a server outside "
+                            "the cluster, or false for none")
+        return None
+    return f"{IPv4Address(host)}:{int(port_text)}"
 
 
 def _node_port_range(s: Reader) -> tuple[int, int] | None:
@@ -532,73 +649,50 @@ def _workload_files(entry: str, base_dir: Path | None, source: str, path: str, l
 
 # --- checks across objects --------------------------------------------------
 
-def _at(obj: Object, rel: str, message: str) -> Problem:
-    path, line = obj.origin.where(rel)
-    return Problem(obj.origin.source, path, message, line, describe(obj))
+def _same_as_system(obj: Object, system: Object | None) -> bool:
+    """obj is the system object written out again (a Service may leave its
+    clusterIP to be filled in)."""
+    if system is None:
+        return False
+    if isinstance(obj, Service) and obj.cluster_ip is None:
+        obj = replace(obj, cluster_ip=system.cluster_ip)
+    return obj == system
 
 
 def _check_objects(lab: Lab, objects: tuple[Object, ...]) -> list[Problem]:
     problems = duplicates(objects)
+    system = system_objects(lab)
+    system_keys = {object_key(o) for o in system}
+    for o in objects:
+        if object_key(o) in system_keys:
+            problems.append(problem_at(o, "metadata.name", f"{describe(o)} is one of the lab's system objects, "
+                                                           "which may not be changed; remove it from the "
+                                                           "manifests or give yours another name"))
+    objects = tuple(o for o in objects if object_key(o) not in system_keys)   # one problem each is enough
     known_ns = set(BUILTIN_NAMESPACES) | {o.name for o in objects if isinstance(o, Namespace)}
     for o in objects:
         if o.namespace is not None and o.namespace not in known_ns:
-            problems.append(_at(o, "metadata.namespace",
-                                f"namespace {show(o.namespace)} does not exist; add a Namespace object "
-                                f"(kind: Namespace, metadata: {{name: {o.namespace}}}) or use an existing one"))
+            problems.append(problem_at(o, "metadata.namespace",
+                                       f"namespace {show(o.namespace)} does not exist; add a Namespace object "
+                                       f"(kind: Namespace, metadata: {{name: {o.namespace}}}) or use an existing "
+                                       "one"))
+    everything = [*objects, *system]
 
     # generated pod names must not meet declared ones
     owners: dict[str, Object] = {}
-    for o in objects:
-        pods = o.pods() if isinstance(o, Deployment) else [o] if isinstance(o, Pod) else []
-        for p in pods:
+    for o in everything:
+        for p in expand([o], lab.nodes):
             other = owners.get(p.key)
             if other is not None and other is not o:
-                problems.append(_at(o, "metadata.name", f"makes pod {show(p.key)}, which {describe(other)} also "
-                                                        "makes; rename one of them"))
+                problems.append(problem_at(o, "metadata.name", f"makes pod {show(p.key)}, which {describe(other)} "
+                                                               "also makes; rename one of them"))
             owners.setdefault(p.key, o)
 
-    problems += _check_services(lab, [o for o in objects if isinstance(o, Service)])
+    problems += service_problems(lab, [o for o in everything if isinstance(o, Service)])
 
     if not problems:
         try:
-            schedule(expand(list(objects)), lab.nodes, max_pods_per_node=lab.pods_per_node)
+            schedule(expand(everything, lab.nodes), lab.nodes, max_pods_per_node=lab.pods_per_node)
         except ModelError as e:
             problems += e.problems
-    return problems
-
-
-def _check_services(lab: Lab, services: list[Service]) -> list[Problem]:
-    problems = []
-    ips: dict[IPv4Address, Service] = {}
-    node_ports: dict[tuple[int, str], Service] = {}
-    lo, hi = lab.node_port_range
-    for svc in services:
-        if svc.cluster_ip and svc.cluster_ip != "None":
-            ip = ipaddress.IPv4Address(svc.cluster_ip)
-            if not addressing.is_host_address(lab.service_cidr, ip):
-                problems.append(_at(svc, "spec.clusterIP", f"{show(svc.cluster_ip)} is not in serviceCIDR "
-                                                           f"{lab.service_cidr}; use an address inside it or remove "
-                                                           "clusterIP to have one allocated"))
-            elif ip == lab.kubernetes_service_ip:
-                problems.append(_at(svc, "spec.clusterIP", f"{show(svc.cluster_ip)} belongs to the kubernetes "
-                                                           "Service; use another or remove clusterIP"))
-            elif ip == lab.dns_ip and (svc.namespace, svc.name) != ("kube-system", "kube-dns"):
-                problems.append(_at(svc, "spec.clusterIP", f"{show(svc.cluster_ip)} is the cluster DNS address "
-                                                           "(spec.dnsIP); use another or remove clusterIP"))
-            elif ip in ips:
-                problems.append(_at(svc, "spec.clusterIP", f"{show(svc.cluster_ip)} is already used by "
-                                                           f"{describe(ips[ip])}; use another or remove clusterIP"))
-            ips.setdefault(ip, svc)
-        for i, port in enumerate(svc.ports):
-            if port.node_port is None:
-                continue
-            rel = f"spec.ports[{i}].nodePort"
-            if not lo <= port.node_port <= hi:
-                problems.append(_at(svc, rel, f"{port.node_port} is outside the lab's nodePortRange {lo}-{hi}; "
-                                              "use a port inside it or remove nodePort to have one allocated"))
-            elif (port.node_port, port.protocol) in node_ports:
-                problems.append(_at(svc, rel, f"{port.node_port}/{port.protocol} is already used by "
-                                              f"{describe(node_ports[(port.node_port, port.protocol)])}; "
-                                              "use another or remove nodePort"))
-            node_ports.setdefault((port.node_port, port.protocol), svc)
     return problems

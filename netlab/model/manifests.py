@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 from ._reader import Problems, load_yaml_documents
 from .errors import ModelError, Problem
-from .workloads import Object, describe, object_key, parse_object
+from .workloads import Object, Service, describe, object_key, parse_object, problem_at
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -78,6 +78,18 @@ def load_manifests(path_or_text: str | os.PathLike) -> list[Object]:
     problems.extend(duplicates(objects))
     problems.raise_if_any()
     return objects
+
+
+def manifest_warnings(objects: Iterable[Object]) -> list[Problem]:
+    """What is accepted but has no effect, as the API server's warnings (the
+    CLI prints them after `Warning: `, and applies anyway)."""
+    out = []
+    for obj in objects:
+        if isinstance(obj, Service) and obj.type == "ExternalName" and obj.selector:
+            out.append(problem_at(obj, "spec.selector", f"is ignored: an ExternalName Service has no endpoints, "
+                                                        f"DNS answers with a CNAME to {obj.external_name}; "
+                                                        "remove the selector"))
+    return out
 
 
 def _looks_like_yaml(s: str) -> bool:

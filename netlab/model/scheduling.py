@@ -13,17 +13,14 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from .errors import ModelError, Problem, show
-from .workloads import Pod
+from .workloads import Pod, node_labels
 
-
-def node_labels(node) -> dict[str, str]:
-    """A node's labels plus the ones every Kubernetes node carries."""
-    return {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", **node.labels}
+__all__ = ["node_labels", "schedule"]   # node_labels lives with DaemonSet, which needs it too
 
 
 def _problem(pod: Pod, rel: str, message: str) -> Problem:
     if pod.owner is not None:
-        rel = "spec.template." + rel  # a Deployment's replica: point at the template
+        rel = "spec.template." + rel  # a controller's pod: point at the template
     path, line = pod.origin.where(rel)
     ns = f"{pod.namespace}/" if pod.namespace != "default" else ""
     subject = f'{pod.owner.kind} "{ns}{pod.owner.name}"' if pod.owner else f'Pod "{ns}{pod.name}"'
@@ -97,7 +94,7 @@ def schedule(pods: Iterable[Pod], nodes: Sequence, *, current: Mapping[str, str]
         load[best] += 1
 
     if problems:
-        # a Deployment's replicas share one field: report it once
+        # a controller's pods share one field: report it once
         unique = list(dict.fromkeys(problems))
         raise ModelError(unique)
     return [pod.bind(placed[i]) for i, pod in enumerate(pods)]

@@ -1,5 +1,5 @@
 """Kubernetes objects as written for a real cluster: Namespace, Pod,
-Deployment, Service (and List). Parsed into frozen dataclasses; fields with
+Deployment, StatefulSet, DaemonSet, Service (and List). Parsed into frozen dataclasses; fields with
 no meaning here (image, resources, probes, volumes, ...) are accepted and
 ignored, and `to_dict()` gives back a Kubernetes-shaped, JSON-able dict that
 parses to an equal object.
@@ -7,18 +7,20 @@ parses to an equal object.
 Deployments expand into Pods named like Kubernetes names them
 (`<deployment>-<pod-template-hash>-<suffix>`), deterministically, so applying
 the same file twice names the same pods and scaling adds or removes only the
-highest-numbered replicas.
+highest-numbered replicas. StatefulSets name theirs by ordinal (`web-0`,
+`web-1`, ...) with stable hostnames; DaemonSets make one pod per matching
+node (expansion needs the lab's nodes).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
 from . import names
 from ._reader import Problems, Reader
-from .errors import show
+from .errors import Problem, show
 from .validate import (dns_label, dns_subdomain, env_name, ipv4_address, label_key, label_value,
                        port_name, service_name)
 
@@ -26,9 +28,13 @@ BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 PROTOCOLS = ("TCP", "UDP")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "ExternalName")
+CONTROLLER_KINDS = ("Deployment", "StatefulSet", "DaemonSet")   # kinds that own generated pods
 DEFAULT_AFFINITY_TIMEOUT = 10800   # kube-proxy's ClientIP default, seconds
 POD_TEMPLATE_HASH = "pod-template-hash"
+STATEFULSET_POD_NAME = "statefulset.kubernetes.io/pod-name"
+POD_INDEX = "apps.kubernetes.io/pod-index"           # the ordinal, on StatefulSet pods since Kubernetes 1.28
+CONTROLLER_REVISION_HASH = "controller-revision-hash"
 # env valueFrom.fieldRef paths the kubelet resolves (the downward API)
 FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
                "spec.serviceAccountName", "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs")
@@ -182,8 +188,9 @@ class PodSpec:
 
 @dataclass(frozen=True)
 class OwnerRef:
-    """The controller of a generated pod. There are no ReplicaSet objects
-    here: a Deployment owns its pods directly."""
+    """The controller of a generated pod (Deployment, StatefulSet or
+    DaemonSet). There are no ReplicaSet objects here: a Deployment owns its
+    pods directly."""
 
     kind: str
     name: str
@@ -357,6 +364,106 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class StatefulSet:
+    """Pods named by ordinal, each with hostname = its name and subdomain =
+    serviceName, so `web-0.<serviceName>.<ns>.svc.<domain>` resolves through
+    the headless Service of that name."""
+
+    name: str
+    selector: LabelSelector
+    template: PodTemplate
+    namespace: str = "default"
+    replicas: int = 1
+    service_name: str | None = None
+    start_ordinal: int = 0            # spec.ordinals.start
+    labels: dict = field(default_factory=dict)
+    origin: Origin = _origin_field()
+
+    kind = "StatefulSet"
+    api_version = "apps/v1"
+
+    @property
+    def ordinals(self) -> range:
+        return range(self.start_ordinal, self.start_ordinal + self.replicas)
+
+    def pod_names(self) -> list[str]:
+        """<name>-<ordinal>: scaling up appends ordinals, scaling down drops the highest."""
+        return [f"{self.name}-{i}" for i in self.ordinals]
+
+    def pods(self) -> list[Pod]:
+        revision = f"{self.name}-{pod_template_hash(self.template)}"
+        owner = OwnerRef(self.kind, self.name)
+        out = []
+        for i, pod_name in zip(self.ordinals, self.pod_names()):
+            # the StatefulSet controller overwrites the template's hostname and subdomain
+            spec = replace(self.template.spec, hostname=pod_name, subdomain=self.service_name)
+            labels = {**self.template.labels, STATEFULSET_POD_NAME: pod_name, POD_INDEX: str(i),
+                      CONTROLLER_REVISION_HASH: revision}
+            out.append(Pod(pod_name, spec, self.namespace, labels, owner, self.origin))
+        return out
+
+    def to_dict(self) -> dict:
+        spec: dict[str, Any] = {"replicas": self.replicas}
+        if self.service_name:
+            spec["serviceName"] = self.service_name
+        if self.start_ordinal:
+            spec["ordinals"] = {"start": self.start_ordinal}
+        spec.update({"selector": self.selector.to_dict(), "template": self.template.to_dict()})
+        return {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": _meta(self.name, self.namespace, self.labels), "spec": spec}
+
+
+def node_labels(node) -> dict[str, str]:
+    """A node's labels plus the ones every Kubernetes node carries."""
+    return {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", **node.labels}
+
+
+@dataclass(frozen=True)
+class DaemonSet:
+    """One pod on every node its template's nodeSelector (and nodeName) allows,
+    pinned there with spec.nodeName, as the DaemonSet controller does."""
+
+    name: str
+    selector: LabelSelector
+    template: PodTemplate
+    namespace: str = "default"
+    labels: dict = field(default_factory=dict)
+    origin: Origin = _origin_field()
+
+    kind = "DaemonSet"
+    api_version = "apps/v1"
+
+    def runs_on(self, node) -> bool:
+        spec = self.template.spec
+        labels = node_labels(node)
+        return (spec.node_name in (None, node.name)
+                and all(labels.get(k) == v for k, v in spec.node_selector.items()))
+
+    def pods(self, nodes: Iterable = ()) -> list[Pod]:
+        """The pods for these nodes (the lab's Node objects), in node order.
+
+        A pod's name is <daemonset>-<5 characters> from the template and the
+        node, so it stays the same while both do, and a changed template
+        replaces every pod (a rolling update's new pods get new names too)."""
+        thash = pod_template_hash(self.template)
+        labels = {**self.template.labels, CONTROLLER_REVISION_HASH: f"{self.name}-{thash}"}
+        owner = OwnerRef(self.kind, self.name)
+        seen: set[str] = set()
+        out = []
+        for node in nodes:
+            if self.runs_on(node):
+                pod_name = _generated_name(self.name, f"{self.name}/{thash}/{node.name}", seen)
+                spec = replace(self.template.spec, node_name=node.name)
+                out.append(Pod(pod_name, spec, self.namespace, labels, owner, self.origin))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": _meta(self.name, self.namespace, self.labels),
+                "spec": {"selector": self.selector.to_dict(), "template": self.template.to_dict()}}
+
+
+@dataclass(frozen=True)
 class ServicePort:
     port: int
     target_port: Union[int, str]      # a number, or the name of a containerPort
@@ -375,7 +482,9 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class Service:
-    """Parsed and validated now; realized (proxy rules, DNS) by later layers."""
+    """A Service as written. cluster_ip and the ports' node_port are what the
+    manifest asks for (None: allocate); services.allocate_services() fills
+    them in. ExternalName Services have external_name and no cluster IP."""
 
     name: str
     ports: tuple[ServicePort, ...]
@@ -389,6 +498,8 @@ class Service:
     internal_traffic_policy: str = "Cluster"
     external_ips: tuple[str, ...] = ()
     labels: dict = field(default_factory=dict)
+    publish_not_ready_addresses: bool = False
+    external_name: str | None = None  # type ExternalName: the DNS name a CNAME points to
     origin: Origin = _origin_field()
 
     kind = "Service"
@@ -397,6 +508,11 @@ class Service:
     @property
     def headless(self) -> bool:
         return self.cluster_ip == "None"
+
+    @property
+    def has_cluster_ip(self) -> bool:
+        """Gets (or has) a virtual IP: not headless, not ExternalName."""
+        return self.type != "ExternalName" and not self.headless
 
     @property
     def key(self) -> str:
@@ -408,6 +524,9 @@ class Service:
             spec["selector"] = dict(self.selector)
         if self.cluster_ip:
             spec["clusterIP"] = self.cluster_ip
+            spec["clusterIPs"] = [self.cluster_ip]
+        if self.external_name:
+            spec["externalName"] = self.external_name
         spec["sessionAffinity"] = self.session_affinity
         if self.session_affinity == "ClientIP":
             spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": self.session_affinity_timeout}}
@@ -416,13 +535,15 @@ class Service:
         spec["internalTrafficPolicy"] = self.internal_traffic_policy
         if self.external_ips:
             spec["externalIPs"] = list(self.external_ips)
+        if self.publish_not_ready_addresses:
+            spec["publishNotReadyAddresses"] = True
         return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(self.name, self.namespace, self.labels),
                 "spec": spec}
 
 
-Object = Union[Namespace, Pod, Deployment, Service]
+Object = Union[Namespace, Pod, Deployment, StatefulSet, DaemonSet, Service]
 KINDS = {"Namespace": ("v1", Namespace), "Pod": ("v1", Pod), "Deployment": ("apps/v1", Deployment),
-         "Service": ("v1", Service)}
+         "Service": ("v1", Service), "StatefulSet": ("apps/v1", StatefulSet), "DaemonSet": ("apps/v1", DaemonSet)}
 
 
 def object_key(obj: Object) -> tuple[str, str, str]:
@@ -433,6 +554,13 @@ def object_key(obj: Object) -> tuple[str, str, str]:
 def describe(obj: Object) -> str:
     ns = f"{obj.namespace}/" if obj.namespace not in (None, "default") else ""
     return f'{obj.kind} "{ns}{obj.name}"'
+
+
+def problem_at(obj: Object, rel: str, message: str) -> Problem:
+    """A problem with one field of a parsed object (rel: e.g. spec.clusterIP),
+    at the file and line the object came from."""
+    path, line = obj.origin.where(rel)
+    return Problem(obj.origin.source, path, message, line, describe(obj))
 
 
 # --- Deployment naming ------------------------------------------------------
@@ -455,37 +583,40 @@ def pod_template_hash(template: PodTemplate) -> str:
     return _safe_encode(hashlib.sha256(canonical.encode()).digest(), 10)
 
 
+def _generated_name(owner: str, key: str, seen: set[str]) -> str:
+    """generateName-style "<owner>-" (cut to 58 like the API server) plus 5
+    characters hashed from key; a clash with a name in seen is resolved by
+    rehashing. Adds the name to seen."""
+    base = f"{owner}-"[:58]
+    attempt = 0
+    while True:
+        name = base + _safe_encode(hashlib.sha256((key + (f"/{attempt}" if attempt else "")).encode()).digest(), 5)
+        if name not in seen:
+            seen.add(name)
+            return name
+        attempt += 1
+
+
 def replica_names(replica_set: str, replicas: int) -> list[str]:
-    """Pod names for replicas 0..n-1: generateName-style "<rs>-" (cut to 58
-    like the API server) plus 5 characters. A clash with an earlier replica
-    is resolved by rehashing, so names are unique and each depends only on
-    the replicas before it."""
-    base = f"{replica_set}-"
-    if len(base) > 58:
-        base = base[:58]
+    """Pod names for replicas 0..n-1: "<rs>-" plus 5 characters. Names are
+    unique and each depends only on the replicas before it."""
     seen: set[str] = set()
-    out = []
-    for i in range(replicas):
-        attempt = 0
-        while True:
-            key = f"{replica_set}/{i}" + (f"/{attempt}" if attempt else "")
-            name = base + _safe_encode(hashlib.sha256(key.encode()).digest(), 5)
-            if name not in seen:
-                break
-            attempt += 1
-        seen.add(name)
-        out.append(name)
-    return out
+    return [_generated_name(replica_set, f"{replica_set}/{i}", seen) for i in range(replicas)]
 
 
-def expand(objects: list[Object]) -> list[Pod]:
-    """Every pod the objects ask for: standalone Pods and Deployment replicas,
-    in declaration order. Unscheduled unless pinned by nodeName."""
+def expand(objects: Iterable[Object], nodes: Iterable = ()) -> list[Pod]:
+    """Every pod the objects ask for: standalone Pods, Deployment and
+    StatefulSet replicas, and a DaemonSet's pod per matching node (of nodes,
+    the lab's Node objects), in declaration order. Unscheduled unless pinned
+    by nodeName (DaemonSet pods always are)."""
+    nodes = tuple(nodes)
     pods: list[Pod] = []
     for obj in objects:
         if isinstance(obj, Pod):
             pods.append(obj)
-        elif isinstance(obj, Deployment):
+        elif isinstance(obj, DaemonSet):
+            pods.extend(obj.pods(nodes))
+        elif isinstance(obj, (Deployment, StatefulSet)):
             pods.extend(obj.pods())
     return pods
 
@@ -506,12 +637,18 @@ _IGNORED_CONTAINER = frozenset({
     "envFrom", "image", "imagePullPolicy", "lifecycle", "livenessProbe", "readinessProbe", "resizePolicy",
     "resources", "restartPolicy", "securityContext", "startupProbe", "stdin", "stdinOnce",
     "terminationMessagePath", "terminationMessagePolicy", "tty", "volumeDevices", "volumeMounts"})
-_IGNORED_DEPLOY_SPEC = frozenset({"minReadySeconds", "paused", "progressDeadlineSeconds",
-                                  "revisionHistoryLimit", "strategy"})
-_IGNORED_SERVICE_SPEC = frozenset({"allocateLoadBalancerNodePorts", "clusterIPs", "externalName",
-                                   "healthCheckNodePort", "ipFamilies", "ipFamilyPolicy", "loadBalancerClass",
-                                   "loadBalancerIP", "loadBalancerSourceRanges", "publishNotReadyAddresses",
-                                   "trafficDistribution"})
+# spec fields each controller kind uses, and the ones accepted and ignored
+_CONTROLLER_FIELDS = {
+    "Deployment": ({"replicas", "selector", "template"},
+                   {"minReadySeconds", "paused", "progressDeadlineSeconds", "revisionHistoryLimit", "strategy"}),
+    "StatefulSet": ({"replicas", "selector", "template", "serviceName", "ordinals"},
+                    {"minReadySeconds", "persistentVolumeClaimRetentionPolicy", "podManagementPolicy",
+                     "revisionHistoryLimit", "updateStrategy", "volumeClaimTemplates"}),
+    "DaemonSet": ({"selector", "template"}, {"minReadySeconds", "revisionHistoryLimit", "updateStrategy"}),
+}
+_IGNORED_SERVICE_SPEC = frozenset({"allocateLoadBalancerNodePorts", "healthCheckNodePort", "ipFamilies",
+                                   "ipFamilyPolicy", "loadBalancerClass", "loadBalancerIP",
+                                   "loadBalancerSourceRanges", "trafficDistribution"})
 
 
 def _check_label_map(r: Reader, key: str) -> dict[str, str]:
@@ -645,7 +782,7 @@ def _dns_config(r: Reader) -> DNSConfig | None:
     return DNSConfig(tuple(servers), tuple(searches), tuple(options))
 
 
-def _pod_spec(s: Reader, *, in_deployment: bool) -> PodSpec | None:
+def _pod_spec(s: Reader, *, controller: str | None) -> PodSpec | None:
     s.fields({"containers", "nodeName", "nodeSelector", "hostname", "subdomain", "dnsPolicy", "dnsConfig",
               "restartPolicy", "hostNetwork"}, strict=False, ignored=_IGNORED_POD_SPEC)
     containers = _containers(s)
@@ -668,8 +805,8 @@ def _pod_spec(s: Reader, *, in_deployment: bool) -> PodSpec | None:
     if restart not in RESTART_POLICIES:
         s.error("restartPolicy", f"{show(restart)} is not a restart policy; use one of {', '.join(RESTART_POLICIES)}")
         restart = "Always"
-    elif in_deployment and restart != "Always":
-        s.error("restartPolicy", f"{show(restart)}: a Deployment's pods must use Always; remove restartPolicy")
+    elif controller and restart != "Always":
+        s.error("restartPolicy", f"{show(restart)}: a {controller}'s pods must use Always; remove restartPolicy")
     if not containers:
         return None
     return PodSpec(containers, node_name, node_selector, hostname, subdomain, dns_policy, dns_config, restart)
@@ -694,18 +831,18 @@ def _parse_pod(r: Reader) -> Pod | None:
     owner = None
     m = r.data.get("metadata") if isinstance(r.data.get("metadata"), dict) else {}
     for ref in m.get("ownerReferences") or ():
-        # only our own stored pods carry this; it keeps a Deployment's pods tied to it
-        if isinstance(ref, dict) and ref.get("kind") == "Deployment" and isinstance(ref.get("name"), str):
-            owner = OwnerRef("Deployment", ref["name"])
+        # only our own stored pods carry this; it keeps a controller's pods tied to it
+        if isinstance(ref, dict) and ref.get("kind") in CONTROLLER_KINDS and isinstance(ref.get("name"), str):
+            owner = OwnerRef(ref["kind"], ref["name"])
     s = r.mapping("spec", required=True, hint="a Pod needs spec.containers")
-    spec = _pod_spec(s, in_deployment=False) if s else None
+    spec = _pod_spec(s, controller=None) if s else None
     if not (name and spec):
         return None
     return Pod(name, spec, namespace, labels, owner, _origin(r))
 
 
-def _selector(r: Reader) -> LabelSelector | None:
-    s = r.mapping("selector", required=True, hint="apps/v1 Deployments need spec.selector.matchLabels "
+def _selector(r: Reader, kind: str) -> LabelSelector | None:
+    s = r.mapping("selector", required=True, hint=f"apps/v1 {kind}s need spec.selector.matchLabels "
                                                   "matching the template's labels")
     if s is None:
         return None
@@ -732,16 +869,26 @@ def _selector(r: Reader) -> LabelSelector | None:
     return sel
 
 
-def _parse_deployment(r: Reader) -> Deployment | None:
-    name, namespace, labels = _metadata(r, namespaced=True, kind="Deployment", name_check=dns_subdomain)
+def _parse_controller(r: Reader, kind: str) -> dict | None:
+    """What Deployment, StatefulSet and DaemonSet share: metadata, selector,
+    template and (except DaemonSet) replicas. None when anything is wrong."""
+    # a StatefulSet's name is in its pods' hostnames: a DNS label
+    name_check = dns_label if kind == "StatefulSet" else dns_subdomain
+    name, namespace, labels = _metadata(r, namespaced=True, kind=kind, name_check=name_check)
     r.fields({"apiVersion", "kind", "metadata", "spec"}, strict=False, ignored=frozenset({"status"}))
-    s = r.mapping("spec", required=True, hint="a Deployment needs spec.selector and spec.template")
+    s = r.mapping("spec", required=True, hint=f"a {kind} needs spec.selector and spec.template")
     if s is None:
         return None
-    s.fields({"replicas", "selector", "template"}, strict=False, ignored=_IGNORED_DEPLOY_SPEC)
-    replicas = s.integer("replicas", 1, lo=0, why=" (0 stops every replica)")
-    selector = _selector(s)
-    t = s.mapping("template", required=True, hint="a Deployment needs spec.template with metadata.labels and spec")
+    known, ignored = _CONTROLLER_FIELDS[kind]
+    s.fields(known, strict=False, ignored=frozenset(ignored))
+    replicas = 1
+    if "replicas" in known:
+        replicas = s.integer("replicas", 1, lo=0, why=" (0 stops every replica)")
+    elif s.has("replicas"):
+        s.error("replicas", f"a {kind} runs one pod on every node its template allows; remove replicas "
+                            "(choose nodes with the template's nodeSelector)")
+    selector = _selector(s, kind)
+    t = s.mapping("template", required=True, hint=f"a {kind} needs spec.template with metadata.labels and spec")
     spec = None
     tlabels: dict = {}
     if t is not None:
@@ -751,42 +898,90 @@ def _parse_deployment(r: Reader) -> Deployment | None:
             tm.fields({"labels"}, strict=False, ignored=_IGNORED_META | {"name", "namespace"})
             tlabels = _check_label_map(tm, "labels")
         ts = t.mapping("spec", required=True, hint="the template needs spec.containers")
-        spec = _pod_spec(ts, in_deployment=True) if ts else None
+        spec = _pod_spec(ts, controller=kind) if ts else None
         if selector is not None and not selector.matches(tlabels):
             s.error("selector", f"{show(selector.to_dict())} does not match the template's labels "
                                 f"{show(tlabels)}; make spec.template.metadata.labels include the selector's labels")
     if not (name and spec and selector is not None and replicas is not None):
         return None
-    return Deployment(name, selector, PodTemplate(spec, tlabels), namespace, replicas, labels, _origin(r))
+    return {"name": name, "namespace": namespace, "labels": labels, "selector": selector,
+            "template": PodTemplate(spec, tlabels), "replicas": replicas, "spec": s}
 
 
-def _parse_service(r: Reader) -> Service | None:
-    name, namespace, labels = _metadata(r, namespaced=True, kind="Service", name_check=service_name)
-    r.fields({"apiVersion", "kind", "metadata", "spec"}, strict=False, ignored=frozenset({"status"}))
-    s = r.mapping("spec", required=True, hint="a Service needs spec.ports")
-    if s is None:
+def _parse_deployment(r: Reader) -> Deployment | None:
+    c = _parse_controller(r, "Deployment")
+    if c is None:
         return None
-    s.fields({"type", "ports", "selector", "clusterIP", "sessionAffinity", "sessionAffinityConfig",
-              "externalTrafficPolicy", "internalTrafficPolicy", "externalIPs"}, strict=False,
-             ignored=_IGNORED_SERVICE_SPEC)
-    stype = s.text("type", "ClusterIP")
-    if stype not in SERVICE_TYPES:
-        s.error("type", f"{show(stype)} is not supported; use ClusterIP or NodePort")
-        stype = None
+    return Deployment(c["name"], c["selector"], c["template"], c["namespace"], c["replicas"], c["labels"],
+                      _origin(r))
+
+
+def _parse_statefulset(r: Reader) -> StatefulSet | None:
+    c = _parse_controller(r, "StatefulSet")
+    if c is None:
+        return None
+    s: Reader = c["spec"]
+    service = s.text("serviceName", check=service_name)
+    start = 0
+    o = s.mapping("ordinals")
+    if o is not None:
+        o.fields({"start"}, strict=True)
+        start = o.integer("start", 0, lo=0)
+    last = f"{c['name']}-{start + max(c['replicas'], 1) - 1}"
+    if len(last) > 63:
+        r.error(("metadata", "name"), f"makes pod {show(last)}, {len(last)} characters; a pod's hostname is at "
+                                      "most 63, so shorten the name")
+        return None
+    if start is None or (s.has("serviceName") and service is None):
+        return None
+    return StatefulSet(c["name"], c["selector"], c["template"], c["namespace"], c["replicas"], service, start,
+                       c["labels"], _origin(r))
+
+
+def _parse_daemonset(r: Reader) -> DaemonSet | None:
+    c = _parse_controller(r, "DaemonSet")
+    if c is None:
+        return None
+    return DaemonSet(c["name"], c["selector"], c["template"], c["namespace"], c["labels"], _origin(r))
+
+
+def _service_cluster_ip(s: Reader, stype: str | None) -> tuple[str | None, bool]:
+    """(spec.clusterIP or clusterIPs[0], ok). "" and absent mean: allocate."""
     cluster_ip = s.text("clusterIP")
+    ips = s.strings("clusterIPs") or []
+    ok = True
+    if len(ips) > 1:
+        s.error("clusterIPs", f"{show(ips)} lists {len(ips)} addresses; only IPv4 single-stack is supported here, "
+                              "list one address (the same as clusterIP)")
+        ok = False
+    elif ips and cluster_ip not in (None, "") and ips[0] != cluster_ip:
+        s.error("clusterIPs", f"{show(ips[0])} differs from clusterIP {show(cluster_ip)}; clusterIPs[0] must "
+                              "be clusterIP (or remove clusterIPs)")
+        ok = False
+    elif ips and cluster_ip in (None, ""):
+        cluster_ip = ips[0]
     if cluster_ip == "":
         cluster_ip = None
     if cluster_ip not in (None, "None") and (msg := ipv4_address(cluster_ip)):
         s.error("clusterIP", f"{msg}; or remove it to have one allocated")
-        cluster_ip = None
+        return None, False
     if cluster_ip == "None" and stype == "NodePort":
         s.error("clusterIP", "None (headless) cannot be a NodePort Service; use type: ClusterIP or remove clusterIP")
-    selector = _check_label_map(s, "selector")
+        ok = False
+    if cluster_ip is not None and stype == "ExternalName":
+        s.error("clusterIP", f"{show(cluster_ip)}: an ExternalName Service has no cluster IP (DNS answers with a "
+                             "CNAME to spec.externalName); remove clusterIP")
+        ok = False
+    return cluster_ip, ok
+
+
+def _service_ports(s: Reader, stype: str | None, cluster_ip: str | None) -> tuple[list[ServicePort], bool]:
+    """spec.ports, each checked, and whether all of them were fine."""
     ports = []
     seen_names: set[str] = set()
     seen_ports: set[tuple[int, str]] = set()
     items = list(s.mappings("ports", what="a port: {port: 80, targetPort: 8080}"))
-    if not s.raw("ports") and cluster_ip != "None":
+    if not s.raw("ports") and cluster_ip != "None" and stype != "ExternalName":
         s.error("ports", "missing; a Service needs at least one port, e.g. ports: [{port: 80, targetPort: 8080}]")
     for p in items:
         p.fields({"port", "targetPort", "protocol", "name", "nodePort"}, strict=False, ignored=frozenset({"appProtocol"}))
@@ -813,6 +1008,9 @@ def _parse_service(r: Reader) -> Service | None:
         elif isinstance(target, str):
             if target.isdigit():
                 target = int(target)  # "8080" as a string means the number
+                if not 1 <= target <= 65535:
+                    p.error("targetPort", f"{target} is out of range; use a value from 1 to 65535")
+                    target = None
             elif msg := port_name(target):
                 p.error("targetPort", msg)
                 target = None
@@ -823,10 +1021,47 @@ def _parse_service(r: Reader) -> Service | None:
             p.error("nodePort", f"{node_port}: only NodePort Services have a nodePort; remove it or set type: NodePort")
         if number is not None and protocol and target is not None:
             ports.append(ServicePort(number, target, protocol, pname, node_port))
+    return ports, len(ports) == len(items)
+
+
+def _parse_service(r: Reader) -> Service | None:
+    name, namespace, labels = _metadata(r, namespaced=True, kind="Service", name_check=service_name)
+    r.fields({"apiVersion", "kind", "metadata", "spec"}, strict=False, ignored=frozenset({"status"}))
+    s = r.mapping("spec", required=True, hint="a Service needs spec.ports")
+    if s is None:
+        return None
+    s.fields({"type", "ports", "selector", "clusterIP", "clusterIPs", "externalName", "sessionAffinity",
+              "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "externalIPs",
+              "publishNotReadyAddresses"}, strict=False, ignored=_IGNORED_SERVICE_SPEC)
+    stype = s.text("type", "ClusterIP")
+    if stype not in SERVICE_TYPES:
+        why = (" (there is no cloud load balancer here: a NodePort Service answers on every node's address)"
+               if stype == "LoadBalancer" else "")
+        s.error("type", f"{show(stype)} is not supported{why}; use {', '.join(SERVICE_TYPES[:-1])} or "
+                        f"{SERVICE_TYPES[-1]}")
+        stype = None
+    cluster_ip, ip_ok = _service_cluster_ip(s, stype)
+    external_name = s.text("externalName")
+    if external_name is not None:
+        external_name = external_name.removesuffix(".")   # a trailing dot (an absolute name) is allowed
+        if stype != "ExternalName":
+            s.error("externalName", f"{show(external_name)}: only ExternalName Services have an externalName; "
+                                    "remove it or set type: ExternalName")
+        elif msg := dns_subdomain(external_name):
+            s.error("externalName", f"{msg}; write a DNS name like db.example.com")
+            external_name = None
+    elif stype == "ExternalName":
+        s.error("externalName", "missing; an ExternalName Service needs the DNS name its CNAME points to, "
+                                "e.g. externalName: db.example.com", s.line)
+    selector = _check_label_map(s, "selector")
+    ports, ports_ok = _service_ports(s, stype, cluster_ip)
     affinity = s.text("sessionAffinity", "None")
     if affinity not in ("None", "ClientIP"):
         s.error("sessionAffinity", f"{show(affinity)} is not supported; use None or ClientIP")
         affinity = "None"
+    elif affinity == "ClientIP" and stype == "ExternalName":
+        s.error("sessionAffinity", "ClientIP: an ExternalName Service has no proxy to keep affinity; "
+                                   "remove sessionAffinity")
     timeout = DEFAULT_AFFINITY_TIMEOUT
     cfg = s.mapping("sessionAffinityConfig")
     if cfg is not None:
@@ -847,10 +1082,13 @@ def _parse_service(r: Reader) -> Service | None:
     for i, ip in enumerate(external_ips):
         if msg := ipv4_address(ip):
             s.error(("externalIPs", i), msg)
-    if not (name and stype and (ports or cluster_ip == "None")) or len(ports) != len(items):
+    publish = s.boolean("publishNotReadyAddresses", False)
+    if not (name and stype and ip_ok and ports_ok and (stype != "ExternalName" or external_name)):
+        return None
+    if not (ports or cluster_ip == "None" or stype == "ExternalName"):
         return None
     return Service(name, tuple(ports), namespace, stype, selector, cluster_ip, affinity, timeout, etp, itp,
-                   tuple(external_ips), labels, _origin(r))
+                   tuple(external_ips), labels, publish, external_name, _origin(r))
 
 
 def _origin(r: Reader) -> Origin:
@@ -858,7 +1096,7 @@ def _origin(r: Reader) -> Origin:
 
 
 _PARSERS = {"Namespace": _parse_namespace, "Pod": _parse_pod, "Deployment": _parse_deployment,
-            "Service": _parse_service}
+            "Service": _parse_service, "StatefulSet": _parse_statefulset, "DaemonSet": _parse_daemonset}
 
 
 def parse_object(data: Any, source: str, problems: Problems, *, path: str = "",

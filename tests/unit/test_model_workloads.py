@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from netlab.model import (ContainerPort, Deployment, EnvVar, ModelError, Namespace, Pod, Service, ServicePort,
-                          expand, load_manifests, merge_objects, parse_manifests, pod_template_hash,
+                          expand, load_manifests, merge_objects, parse_manifests,
                           remove_objects, replica_names)
 
 SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -344,11 +344,6 @@ def test_long_deployment_names_are_cut_like_generate_name():
         assert len(p.name) == 63 and len(p.hostname) == 63
 
 
-def test_template_hash_function_is_exported_and_pure():
-    dep = parse(deployment())[0]
-    assert pod_template_hash(dep.template) == dep.template_hash
-
-
 def test_match_expressions():
     dep = parse(deployment().replace("selector: {matchLabels: {app: echo}}", textwrap.dedent("""\
         selector:
@@ -527,7 +522,7 @@ SVC = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n"
 
 @pytest.mark.parametrize("text, path, fragments", [
     (SVC + "  type: LoadBalancer\n  ports: [{port: 80}]\n", "spec.type", ['"LoadBalancer" is not supported',
-                                                                         "ClusterIP or NodePort"]),
+                                                                         "ClusterIP, NodePort or ExternalName"]),
     (SVC + "  selector: {app: x}\n", "spec.ports", ["missing", "at least one port"]),
     (SVC + "  ports: [{port: 80}, {port: 81}]\n", "spec.ports[0].name", ["must name each one"]),
     (SVC + "  ports: [{name: a, port: 80}, {name: a, port: 81}]\n", "spec.ports[1].name", ["names two ports"]),
