@@ -57,8 +57,11 @@ class LeaseKeeper:
         """The lease, renewed if due, re-acquired if lost (check .lease.subnet afterwards)."""
         if self.lease is None:
             return self.acquire()
+        if not self._still_ours():  # expired while the agent was stopped, or taken
+            log.warning("lease %s for %s is gone: acquiring again", self.lease.subnet, self.public_ip)
+            return self.acquire()
         due = self.renew_at()
-        if due is not None and self.clock() < due and self._still_ours():
+        if due is None or self.clock() < due:
             return self.lease
         try:
             self.lease = renew_lease(self.store, self.lease, ttl=self.ttl)

@@ -126,6 +126,13 @@ def test_a_lost_lease_is_acquired_again_with_the_same_subnet(store, clock):
     assert [str(l.subnet) for l in list_leases(store)] == ["10.244.1.0/24"]
 
 
+def test_a_lease_without_ttl_is_kept_without_rewriting_it(store, clock):
+    k = keeper(store, clock, ttl=None)
+    first = k.acquire()
+    clock.now += 1e6
+    assert k.keep().mod_revision == first.mod_revision and k.renew_at() is None
+
+
 # --- conditions --------------------------------------------------------------------------
 
 def test_a_failing_sync_sets_the_node_condition_and_clears_when_fixed(store, lab, tmp_path, clock):
