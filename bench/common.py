@@ -20,12 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
+from cni import netns  # noqa: E402
 from netlab.realize.namespace import ensure_netns, remove_netns, run_in  # noqa: E402
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# bench/ goes after the repository: bench/proxy.py must not shadow the `proxy` package
+if BENCH in sys.path:
+    sys.path.remove(BENCH)
+sys.path.append(BENCH)
 from lab import Interrupted, _on_term, loadavg  # noqa: E402,F401  (loadavg: for the Services benches)
 
 PID = os.getpid() % 10_000_000
@@ -89,21 +94,51 @@ class Variant:
             return [f"iptables-{self.option}-restore", "-w", "--noflush"]
         return ["nft", "-f", "-"]
 
-    def proxier(self, netns: str):
+    def make(self):
+        """The proxier for the namespace the calling thread is in."""
         if self.mode == "iptables":
             from proxy.iptables import IptablesProxier
-            return IptablesProxier(NODE, netns=netns, backend=self.option)
+            return IptablesProxier(NODE, backend=self.option)
         from proxy.nftables import NftablesProxier
-        return NftablesProxier(NODE, netns=netns, layout=self.option)
+        return NftablesProxier(NODE, layout=self.option)
+
+    def proxier(self, netns_name: str) -> NodeProxier:
+        return NodeProxier(self, netns_name)
 
 
-def proxier_text(proxier) -> str:
-    """The text the proxier handed its tool in its last sync (what the anchor loads alone)."""
-    text = getattr(proxier, "last_text", None)
-    if not text:
-        raise RuntimeError(f"{type(proxier).__name__} has no last_text after a sync: the bench needs the "
-                           "rule text it gave iptables-restore / nft to time the tool alone")
-    return text
+class NodeProxier:
+    """A proxier run as a node agent runs it: built and synced from a thread inside the
+    node's namespace (netns=None: its tools are forked there, no `ip netns exec`), keeping
+    the text it handed its tool in the last sync, which the anchor loads alone."""
+
+    def __init__(self, variant: "Variant", netns_name: str):
+        self.netns = netns_name
+        with netns.entered(netns_name):
+            self.proxier = variant.make()
+        self._texts: list[str] = []
+        send = getattr(self.proxier, "_nft", None)   # NftablesProxier's one way to nft -f (no last_text)
+        if send is not None:
+            def recorded(text: str, _send=send) -> None:
+                self._texts.append(text)
+                _send(text)
+            self.proxier._nft = recorded
+
+    def sync(self, state: ProxyState, changed: frozenset[ServicePortName] | None = None):
+        self._texts.clear()
+        with netns.entered(self.netns):
+            return self.proxier.sync(state, changed)
+
+    def cleanup(self) -> None:
+        with netns.entered(self.netns):
+            self.proxier.cleanup()
+
+    @property
+    def last_text(self) -> str:
+        text = getattr(self.proxier, "last_text", None) or "".join(self._texts)
+        if not text:
+            raise RuntimeError(f"{type(self.proxier).__name__}: no rule text seen in the last sync; the bench "
+                               "needs what it gave iptables-restore / nft to time the tool alone")
+        return text
 
 
 VARIANTS = {v.key: v for v in (

@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (DATE, VARIANTS, fresh_netns, guarded, loadavg, machine, median, need_root,  # noqa: E402
-                    parse_sizes, parse_variants, proxier_text, synthetic_state, timed, tool, with_service,
+                    parse_sizes, parse_variants, synthetic_state, timed, tool, with_service,
                     write_json)
 from lab import settle  # noqa: E402
 
@@ -58,14 +58,14 @@ def measure(variant, n: int, changes: int) -> dict:
         if result.error or not result.full:
             raise RuntimeError(f"{variant.key} at {n}: full sync failed: {result.error or 'not full'}")
         row["lines"] = result.size
-        row["tool_full"] = tool(tool_ns, variant.tool_argv, proxier_text(proxier))
+        row["tool_full"] = tool(tool_ns, variant.tool_argv, proxier.last_text)
         for k in range(changes):
             state, name = with_service(state, n + k)
             seconds, result = timed(lambda: proxier.sync(state, frozenset({name})))
             if result.error or result.full:
                 raise RuntimeError(f"{variant.key} at {n}: change {k + 1} failed or went full: {result.error}")
             row["ours_change"].append(seconds)
-            row["tool_change"].append(tool(tool_ns, variant.tool_argv, proxier_text(proxier)))
+            row["tool_change"].append(tool(tool_ns, variant.tool_argv, proxier.last_text))
     settle()
     return row
 
