@@ -67,14 +67,26 @@ CONTAINERS = {  # name: (set|map, declaration)
     SERVICE_NODEPORTS: ("map", 'type inet_proto . inet_service : verdict; comment "NodePort traffic";'),
 }
 # typeof, because a numgen result has no named type; the modulus here only
-# describes the key (every lb-N chain looks up the same map). The data says
-# `tcp dport` for UDP too (same type): nft 1.0.6 cannot read back a typeof
-# of `ip daddr . th dport` from the kernel ("conflicting protocols").
+# describes the key (every lb-N chain looks up the same maps). One map per
+# protocol: a typeof of `ip daddr . th dport` as data makes nft 1.0.6 fail to
+# read the map back ("conflicting protocols"), and `tcp dport` as data makes
+# the DNAT rule match TCP only, which is right for the TCP map.
+PROTOCOLS = ("tcp", "udp")
+
+
+def endpoints_map(kind: str, proto: str) -> str:
+    return f"{kind}-{proto}"
+
+
 MAPS_CONTAINERS = {
-    SERVICE_ENDPOINTS: ("map", 'typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . tcp dport; '
-                               'comment "slot i of a ClusterIP or external IP: endpoint i";'),
-    NODEPORT_ENDPOINTS: ("map", 'typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . tcp dport; '
-                                'comment "slot i of a NodePort: endpoint i";'),
+    **{endpoints_map(SERVICE_ENDPOINTS, proto): (
+        "map", f'typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . {proto} dport; '
+               f'comment "slot i of a {proto.upper()} ClusterIP or external IP: endpoint i";')
+       for proto in PROTOCOLS},
+    **{endpoints_map(NODEPORT_ENDPOINTS, proto): (
+        "map", f'typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . {proto} dport; '
+               f'comment "slot i of a {proto.upper()} NodePort: endpoint i";')
+       for proto in PROTOCOLS},
     HAIRPIN_ENDPOINTS: ("set", 'type ipv4_addr . ipv4_addr; comment "endpoint reaching itself through a Service";'),
 }
 
@@ -275,12 +287,13 @@ NODEPORT_LB = "nodeport-lb-"  # NodePort, Cluster policy: masquerade, DNAT by sl
 def shared_chain_rules(chain: str) -> list[str]:
     kind, n = chain.rsplit("-", 1)[0] + "-", int(chain.rsplit("-", 1)[1])
     if kind == LB:
-        return [f"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @{SERVICE_ENDPOINTS}"]
+        return [f"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} "
+                f"map @{endpoints_map(SERVICE_ENDPOINTS, proto)}" for proto in PROTOCOLS]
     if kind == EXTERNAL_LB:
         return [f"jump {MARK_MASQ}", f"goto {LB}{n}"]
     if kind == NODEPORT_LB:
-        return [f"jump {MARK_MASQ}",
-                f"dnat ip to meta l4proto . th dport . numgen random mod {n} map @{NODEPORT_ENDPOINTS}"]
+        return [f"jump {MARK_MASQ}"] + [f"dnat ip to meta l4proto . th dport . numgen random mod {n} "
+                                        f"map @{endpoints_map(NODEPORT_ENDPOINTS, proto)}" for proto in PROTOCOLS]
     raise ValueError(f"not a shared chain: {chain}")
 
 
@@ -303,9 +316,9 @@ def maps_piece(node: ProxyNode, svc: ServicePort, eps: tuple[Endpoint, ...]) -> 
     external = cat.cluster          # externalTrafficPolicy Cluster here
     shared = set()
 
-    def slots(container: str, key: str, group: tuple[Endpoint, ...]) -> None:
+    def slots(kind: str, key: str, group: tuple[Endpoint, ...]) -> None:
         for i, ep in enumerate(group):
-            p.element(container, f"{key} . {i}", f"{ep.ip} . {ep.port}")
+            p.element(endpoints_map(kind, svc.proto), f"{key} . {i}", f"{ep.ip} . {ep.port}")
             p.element(HAIRPIN_ENDPOINTS, f"{ep.ip} . {ep.ip}")
 
     if internal:

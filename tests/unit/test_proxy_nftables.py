@@ -62,7 +62,7 @@ def test_maps_layout_has_no_chain_per_service_except_affinity():
     assert "10.96.0.10 . tcp . 80 : goto lb-2" in text
     assert "10.96.0.10 . tcp . 80 . 1 : 10.244.1.3 . 8080" in text
     assert "tcp . 30080 : goto nodeport-lb-2" in text
-    assert "numgen random mod 2 map @service-endpoints" in text
+    assert "numgen random mod 2 map @service-endpoints-tcp" in text
     assert "10.244.1.2 . 10.244.1.2" in text                # hairpin pair
 
 
