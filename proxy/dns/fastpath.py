@@ -24,8 +24,8 @@ from .resolver import Resolver
 _HEADER_TAIL = struct.Struct("!HHHHH")    # flags, qd, an, ns, ar: bytes 2..12 of a query
 PLAIN_HEADERS = frozenset(_HEADER_TAIL.pack(f, 1, 0, 0, 0) for f in (wire.RD, wire.RD | wire.AD))
 EDNS_HEADERS = frozenset(_HEADER_TAIL.pack(f, 1, 0, 0, 1) for f in (wire.RD, wire.RD | wire.AD))
-_OPT_HEAD = b"\x00\x00\x29"               # root owner, type OPT (then the class: the buffer size)
-_OPT_TAIL = b"\x00" * 6                   # extended rcode 0, version 0, no DO, no options
+OPT_HEAD = b"\x00\x00\x29"               # root owner, type OPT (then the class: the buffer size)
+OPT_TAIL = b"\x00" * 6                   # extended rcode 0, version 0, no DO, no options
 BARE_OPT_LEN = 11
 MEMO_LIMIT = 100_000
 
@@ -35,7 +35,7 @@ def question_of(data: bytes) -> tuple[bytes, bool] | None:
     head = data[2:12]
     if head in PLAIN_HEADERS:
         return data[12:], False
-    if head in EDNS_HEADERS and data[-11:-8] == _OPT_HEAD and data[-6:] == _OPT_TAIL:
+    if head in EDNS_HEADERS and data[-11:-8] == OPT_HEAD and data[-6:] == OPT_TAIL:
         return data[12:-BARE_OPT_LEN], True
     return None
 
@@ -66,7 +66,7 @@ class AnswerTable:
         head = data[2:12]
         if head in PLAIN_HEADERS:
             q, table = data[12:], self.plain
-        elif head in EDNS_HEADERS and data[-11:-8] == _OPT_HEAD and data[-6:] == _OPT_TAIL:
+        elif head in EDNS_HEADERS and data[-11:-8] == OPT_HEAD and data[-6:] == OPT_TAIL:
             q, table = data[12:-BARE_OPT_LEN], self.edns
         else:
             return None
