@@ -207,3 +207,20 @@ def test_lab_allocates_its_system_services_too():
     assert got["kube-system/kube-dns"].cluster_ip == "10.96.0.10"
     lab = LAB.with_objects(services(svc("web", "ports: [{port: 80}]")))
     assert {s.key: s.cluster_ip for s in lab.allocated_services()}["default/web"] == "10.96.0.2"
+
+
+def test_example_manifests_apply_to_the_two_node_lab():
+    from pathlib import Path
+    from netlab.model import load_lab, load_manifests, merge_objects
+    top = Path(__file__).resolve().parents[2] / "topologies"
+    lab = load_lab(top / "two-node.yaml")
+    objects = load_manifests(top / "workloads")
+    assert manifest_warnings(objects) == []
+    lab = lab.with_objects(merge_objects(lab.objects, objects))
+    got = {s.key: s for s in lab.allocated_services()}
+    assert got["default/echo-nodeport"].ports[0].node_port == 30080
+    assert got["default/web"].headless and got["default/example"].external_name == "www.example.org"
+    pods = {p.name: p for p in lab.scheduled_pods(system=True)}
+    assert {"web-0", "web-1", "web-2"} <= set(pods) and pods["web-0"].spec.subdomain == "web"
+    assert sorted(p.node_name for p in pods.values() if p.owner and p.owner.kind == "DaemonSet") == \
+        ["node-a", "node-b"]
