@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .workloads import (BUILTIN_NAMESPACES, Container, ContainerPort, Deployment, LabelSelector, Namespace, Object,
-                        PodSpec, PodTemplate, Service, ServicePort, object_key)
+                        PodSpec, PodTemplate, Service, ServicePort)
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -45,7 +45,3 @@ def system_objects(lab: "Lab") -> list[Object]:
         PodTemplate(PodSpec((container,), dns_policy="Default"), dict(DNS_APP_LABELS)),
         namespace="kube-system", replicas=lab.dns.replicas, labels=dict(DNS_APP_LABELS))
     return [*(Namespace(n) for n in BUILTIN_NAMESPACES), kubernetes, kube_dns, coredns]
-
-
-def system_keys(lab: "Lab") -> set[tuple[str, str, str]]:
-    return {object_key(o) for o in system_objects(lab)}
