@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -27,7 +29,8 @@ def lab_dir(tmp_path_factory):
     os.makedirs(paths.dir)
     st = state.LabState(open_store(paths.store))
     st.put_lab(parse_lab(LAB))
-    st.put_node_status("node-a", state.NodeStatus(ready=True, pod_cidr="10.244.1.0/24", vtep_mac="0e:00:00:00:00:01"))
+    for i, node in enumerate(("node-a", "node-b"), 1):
+        st.put_node_status(node, state.NodeStatus(ready=True, pod_cidr=f"10.244.{i}.0/24", vtep_mac=f"0e:00:00:00:00:0{i}"))
     echo = Container("echo", ports=(ContainerPort(8080),))
     for ns, name, ip in (("default", "web-1", "10.244.1.2"), ("default", "web-2", "10.244.1.3"),
                          ("kube-system", "dns-1", "10.244.1.4")):
@@ -89,3 +92,20 @@ def test_nothing_found_and_unknown_resources(lab_dir):
     assert json.loads(get(lab_dir, "svc", "-n", "kube-public", "-o", "json").stdout)["items"] == []
     bad = get(lab_dir, "deployments")
     assert bad.returncode == 1 and "pods (pod, po)" in bad.stderr and "endpointslices" in bad.stderr
+
+
+def doc_examples() -> list[str]:
+    with open(os.path.join(ROOT, "docs", "cli.md")) as f:
+        return [line.strip() for line in f if line.startswith("kube-netlab get ") and "| jq" in line]
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_the_jq_examples_in_docs_cli_md_work(lab_dir):
+    examples = doc_examples()
+    assert len(examples) >= 5
+    env = {**os.environ, "NETLAB_STATE_DIR": lab_dir, "PYTHONPATH": ROOT}
+    for example in examples:
+        command = example.replace("kube-netlab ", f"{shlex.quote(sys.executable)} -m netlab.cli ", 1)
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip(), f"{example}\n{proc.stdout}{proc.stderr}"
