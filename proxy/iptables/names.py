@@ -31,8 +31,11 @@ SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PRE
 LARGE_CLUSTER_ENDPOINTS = 1000
 
 
+@functools.lru_cache(maxsize=65536)
 def _hash16(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    # base32 encodes 5-byte groups independently: the first 10 bytes give exactly the
+    # first 16 characters of kube-proxy's base32(sha256)[:16], at a third of the cost
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def port_proto_hash(service_port_name: str | ServicePortName, protocol: str) -> str:

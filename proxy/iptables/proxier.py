@@ -112,7 +112,11 @@ class IptablesProxier:
         missing_jumps: list = []
         existing = self._chains
         if full:
-            saved = self.save()
+            try:
+                saved = self.save()
+            except RuntimeError as e:
+                log.error("cannot read the tables before a full sync: %s", e)
+                return SyncResult(full=True, seconds=time.monotonic() - start, error=str(e))
             tables = _split_tables(saved)
             existing = frozenset(c for c in _chains_of(tables.get("nat", "")) if n.is_service_chain(c))
             missing_jumps = [j for j in JUMP_RULES if not j.found_in(tables.get(j.table, "").splitlines())]

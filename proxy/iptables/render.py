@@ -13,6 +13,7 @@ existed before and are no longer used are flushed and deleted (`-X`).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -128,7 +129,8 @@ class _Plan:
     def sep(self, ep: Endpoint) -> str:
         return n.endpoint_chain(self.svc.name, self.svc.proto, ep)
 
-    def chains(self) -> list[str]:
+    @functools.cached_property
+    def chains(self) -> tuple[str, ...]:
         out = []
         if self.uses_ext_chain:
             out.append(self.ext_chain)
@@ -136,7 +138,7 @@ class _Plan:
             out.append(self.svc_chain)
         if self.uses_local_chain:
             out.append(self.svl_chain)
-        return out + [self.sep(ep) for ep in self.reachable]
+        return (*out, *(self.sep(ep) for ep in self.reachable))
 
     def filter_verdicts(self) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
         """(comment, target) for internal and external traffic that finds no endpoint, or None."""
@@ -147,6 +149,7 @@ class _Plan:
         return (None if self.has_internal else drop), (None if self.has_external else drop)
 
 
+@functools.lru_cache(maxsize=65536)   # unchanged services cost nothing on the next sync
 def plan(svc: ServicePort, eps: tuple[Endpoint, ...], node: ProxyNode) -> _Plan:
     c = categorize(svc, eps, node.name)
     svc_chain, svl_chain = n.service_chain(svc.name, svc.proto), n.local_chain(svc.name, svc.proto)
@@ -189,9 +192,11 @@ def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePort
     written: set[ServicePortName] = set()
     for name in sorted(state.services):
         p = plan(state.services[name], state.endpoints_of(name), node)
-        chains = p.chains()
+        chains = p.chains
         active.update(chains)
-        _dispatch_rules(b, p)
+        nat, filter_ = _dispatch_rules(p)
+        b.nat_rules += nat
+        b.filter_rules += filter_
         if changed is None or name in changed or not existing.issuperset(chains):
             written.add(name)
             _service_chains(b, p, cluster_cidr, large)
@@ -222,9 +227,11 @@ def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePort
     return Rendered("\n".join(parts) + "\n", frozenset(active), frozenset(written), stale, size)
 
 
-def _dispatch_rules(b: _Buffers, p: _Plan) -> None:
-    """The service's rules in KUBE-SERVICES, KUBE-NODEPORTS and the filter chains:
-    rewritten on every sync, partial or full."""
+@functools.lru_cache(maxsize=65536)
+def _dispatch_rules(p: _Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The service's (nat, filter) rules in KUBE-SERVICES, KUBE-NODEPORTS and the
+    filter chains: rewritten on every sync, partial or full."""
+    b = _Buffers()
     svc, label = p.svc, p.label
     match = f"-m {svc.proto} -p {svc.proto}"
     internal_verdict, external_verdict = p.filter_verdicts()
@@ -249,6 +256,7 @@ def _dispatch_rules(b: _Buffers, p: _Plan) -> None:
         if external_verdict:
             capture(b.filter_rules, n.KUBE_EXTERNAL_SERVICES,
                     f"-m addrtype --dst-type LOCAL {match} --dport {svc.node_port}", *external_verdict)
+    return tuple(b.nat_rules), tuple(b.filter_rules)
 
 
 def _service_chains(b: _Buffers, p: _Plan, cluster_cidr: str, large: bool) -> None:

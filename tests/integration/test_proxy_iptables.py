@@ -14,6 +14,7 @@ from cni.netns import entered
 from proxy.conntrack import flush_udp_endpoint
 from proxy.iptables import IptablesProxier
 from proxy.iptables import names as n
+from proxy.iptables.backend import binary_backend, detect
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName, stale_udp_endpoints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,3 +275,15 @@ def test_cleanup_removes_every_kube_chain_and_leaves_others(cluster):
     # and a sync after cleanup brings everything back
     assert proxier.sync(state((WEB_SVC, (ep("pod-a"),)))).full
     assert pods_answering(cluster.from_client("10.96.120.15", 80)) == {"pod-a"}
+
+
+def test_backend_is_detected_like_kube_proxys_iptables_wrapper(namespaces):
+    ns = namespaces.new("det")
+    # no rules with either backend: what /usr/sbin/iptables resolves to (xtables-nft-multi here)
+    assert detect(ns) == binary_backend()
+    sh(ns, "iptables-legacy", "-A", "INPUT", "-s", "10.0.0.1", "-j", "ACCEPT")
+    assert detect(ns) == "legacy"        # only legacy has rules
+    sh(ns, "iptables-nft", "-N", "KUBE-SERVICES")
+    sh(ns, "iptables-nft", "-A", "KUBE-SERVICES", "-j", "RETURN")
+    assert detect(ns) == "nft"           # KUBE-* rules outweigh any other rules
+    assert IptablesProxier(ProxyNode("n", (), CLUSTER_CIDR), netns=ns).backend == "nft"
