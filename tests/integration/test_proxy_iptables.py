@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from cni.netns import entered
-from proxy.conntrack import flush_udp_endpoint
+from proxy.conntrack import flush_udp_endpoint, flush_udp_service
 from proxy.iptables import IptablesProxier
 from proxy.iptables import names as n
 from proxy.iptables.backend import binary_backend, detect
-from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName, stale_udp_endpoints
+from proxy.types import (Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName, stale_udp_endpoints,
+                         udp_services_gaining_endpoints)
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IP, OUTSIDE_IP, CLUSTER_CIDR = "192.168.56.11", "192.168.56.254", "10.244.0.0/16"
@@ -287,3 +288,26 @@ def test_backend_is_detected_like_kube_proxys_iptables_wrapper(namespaces):
     sh(ns, "iptables-nft", "-A", "KUBE-SERVICES", "-j", "RETURN")
     assert detect(ns) == "nft"           # KUBE-* rules outweigh any other rules
     assert IptablesProxier(ProxyNode("n", (), CLUSTER_CIDR), netns=ns).backend == "nft"
+
+
+def test_udp_service_gaining_an_endpoint_flushes_entries_made_before(cluster):
+    dns = ServicePort(DNS, "UDP", "10.96.0.10", 53)
+    proxier = IptablesProxier(cluster.proxy_node, netns=cluster.node)
+    with entered(cluster.pods["client"]):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    try:
+        # the proxy does not know the service yet: the datagram leaves by the node's
+        # default route and conntrack remembers the flow un-NATed (kubernetes#48370)
+        old = state((WEB_SVC, (ep("pod-a"),)))
+        assert proxier.sync(old).error is None
+        sock.sendto(b"x", ("10.96.0.10", 53))
+        entries = sh(cluster.node, "conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.10")
+        assert "src=10.96.0.10" in entries   # the reply is expected from the ClusterIP itself
+        new = state((WEB_SVC, (ep("pod-a"),)), (dns, (ep("pod-b"),)))
+        assert proxier.sync(new, changed=frozenset({DNS})).error is None
+        assert udp_services_gaining_endpoints(old, new) == [dns]
+        assert flush_udp_service(dns, cluster.proxy_node, netns=cluster.node) >= 1
+        assert ask_udp(sock, "10.96.0.10", 53).startswith("pod-b ")
+    finally:
+        sock.close()
