@@ -1,0 +1,117 @@
+"""What IPVS mode computes from a state (proxy/ipvs/plan.py), without a kernel.
+The kernel side runs under qemu in tests/kernel/test_ipvs.py."""
+from __future__ import annotations
+
+import pytest
+
+from proxy.ipvs.plan import (FLAG_PERSISTENT, RealServer, VirtualServer, VirtualServerKey, check_node,
+                             iptables_rules, plan)
+from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
+
+NODE = ProxyNode("node-1", ("192.168.56.11", "192.168.56.12"), "10.244.0.0/16")
+WEB = ServicePortName("default", "web", "http")
+DNS = ServicePortName("kube-system", "kube-dns", "dns")
+
+
+def state(svc: ServicePort, *eps: Endpoint) -> ProxyState:
+    return ProxyState({svc.name: svc}, {svc.name: eps})
+
+
+def test_cluster_ip_and_node_port_get_one_virtual_server_each_with_both_endpoints():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080)
+    p = plan(state(svc, Endpoint("10.244.2.7", 8080, "node-2"), Endpoint("10.244.1.5", 8080, "node-1")), NODE)
+    reals = (RealServer("10.244.1.5", 8080), RealServer("10.244.2.7", 8080))
+    assert sorted(p.virtual_servers) == [VirtualServerKey("TCP", "10.96.0.20", 80),
+                                         VirtualServerKey("TCP", "192.168.56.11", 30080),
+                                         VirtualServerKey("TCP", "192.168.56.12", 30080)]
+    assert all(vs.real_servers == reals and vs.scheduler == "rr" and vs.flags == 0
+               for vs in p.virtual_servers.values())
+    assert p.addresses == {"10.96.0.20"}
+    assert str(VirtualServerKey("TCP", "10.96.0.20", 80)) == "TCP 10.96.0.20:80"
+
+
+def test_client_ip_affinity_is_persistence_with_the_timeout():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, affinity_timeout=10800)
+    (vs,) = plan(state(svc, Endpoint("10.244.1.5", 8080)), NODE).virtual_servers.values()
+    assert (vs.flags, vs.affinity_timeout) == (FLAG_PERSISTENT, 10800)
+    assert vs.same_settings("rr", FLAG_PERSISTENT, 10800)
+    assert not vs.same_settings("rr", 0, 0)
+    assert not vs.same_settings("wlc", FLAG_PERSISTENT, 10800)
+
+
+def test_unready_endpoints_are_not_real_servers_and_no_endpoints_keeps_an_empty_virtual_server():
+    svc = ServicePort(DNS, "UDP", "10.96.0.10", 53)
+    p = plan(state(svc, Endpoint("10.244.1.5", 53, ready=False, serving=False)), NODE)
+    assert p.virtual_servers[VirtualServerKey("UDP", "10.96.0.10", 53)].real_servers == ()
+
+
+def test_external_policy_local_sends_node_ports_and_external_ips_to_local_endpoints_only():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080, external_ips=("203.0.113.9", "192.168.56.11"),
+                      external_policy_local=True)
+    eps = (Endpoint("10.244.1.5", 8080, "node-1"), Endpoint("10.244.2.7", 8080, "node-2"))
+    p = plan(state(svc, *eps), NODE)
+    vs = p.virtual_servers
+    assert vs[VirtualServerKey("TCP", "10.96.0.20", 80)].real_servers == (RealServer("10.244.1.5", 8080),
+                                                                          RealServer("10.244.2.7", 8080))
+    for key in (VirtualServerKey("TCP", "192.168.56.11", 30080), VirtualServerKey("TCP", "203.0.113.9", 80),
+                VirtualServerKey("TCP", "192.168.56.11", 80)):
+        assert vs[key].real_servers == (RealServer("10.244.1.5", 8080),)
+    # an externalIP that is a node IP is already local: not bound to kube-ipvs0
+    assert p.addresses == {"10.96.0.20", "203.0.113.9"}
+
+
+def test_internal_policy_local_sends_cluster_ip_traffic_to_local_endpoints_only():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, internal_policy_local=True)
+    p = plan(state(svc, Endpoint("10.244.1.5", 8080, "node-1"), Endpoint("10.244.2.7", 8080, "node-2")), NODE)
+    assert p.virtual_servers[VirtualServerKey("TCP", "10.96.0.20", 80)].real_servers == (
+        RealServer("10.244.1.5", 8080),)
+
+
+def test_of_services_picks_the_virtual_servers_of_changed_service_ports():
+    web = ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080)
+    dns = ServicePort(DNS, "UDP", "10.96.0.10", 53)
+    p = plan(ProxyState({WEB: web, DNS: dns}), NODE)
+    assert {vs.key.address for vs in p.of_services(frozenset({WEB}))} == {"10.96.0.20", "192.168.56.11",
+                                                                          "192.168.56.12"}
+    assert isinstance(p.of_services(frozenset({DNS}))[0], VirtualServer)
+
+
+def test_rules_masquerade_off_cluster_cluster_ip_traffic_node_ports_and_hairpin():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080)
+    ep = Endpoint("10.244.1.5", 8080, "node-1")
+    rules = iptables_rules(ProxyState({WEB: svc, DNS: ServicePort(DNS, "UDP", "10.96.0.10", 53)},
+                                      {WEB: (ep, ep), DNS: (Endpoint("10.244.1.5", 53),)}), NODE)
+    lines = rules.splitlines()
+    assert ('-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.96.0.20/32 -p tcp -m tcp --dport 80 '
+            '-m comment --comment "default/web:http cluster IP" -j KUBE-MARK-MASQ') in lines
+    assert ('-A KUBE-NODE-PORT -p tcp -m tcp --dport 30080 -m comment --comment "default/web:http nodePort" '
+            '-j KUBE-MARK-MASQ') in lines
+    hairpin = [line for line in lines if "hairpin" in line]
+    assert hairpin == [
+        '-A KUBE-POSTROUTING -s 10.244.1.5/32 -d 10.244.1.5/32 -p tcp -m tcp --dport 8080 -m comment --comment '
+        '"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" -j MASQUERADE',
+        '-A KUBE-POSTROUTING -s 10.244.1.5/32 -d 10.244.1.5/32 -p udp -m udp --dport 53 -m comment --comment '
+        '"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" -j MASQUERADE']
+    # the NodePort dispatch comes after every ClusterIP rule; both tables are committed
+    services = [line for line in lines if line.startswith("-A KUBE-SERVICES")]
+    assert services[-1] == "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"
+    assert lines.count("COMMIT") == 2 and "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000" in lines
+    assert "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP" in lines
+
+
+def test_rules_keep_the_client_address_under_external_policy_local_and_use_the_node_mark():
+    svc = ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080, external_ips=("203.0.113.9",),
+                      external_policy_local=True)
+    node = ProxyNode("node-1", ("192.168.56.11",), "10.244.0.0/16", masquerade_mark=0x8000)
+    rules = iptables_rules(state(svc, Endpoint("10.244.1.5", 8080, "node-1")), node)
+    assert "--dport 30080" not in rules and "203.0.113.9" not in rules
+    assert "-A KUBE-POSTROUTING -m mark ! --mark 0x8000/0x8000 -j RETURN" in rules.splitlines()
+
+
+@pytest.mark.parametrize("node, field", [
+    (ProxyNode("n", ("192.168.56.11",), "10.244.0.0/33"), "cluster_cidr"),
+    (ProxyNode("n", ("node-1",), "10.244.0.0/16"), "node_ips"),
+])
+def test_bad_node_names_the_field(node, field):
+    with pytest.raises(ValueError, match=field):
+        check_node(node)
