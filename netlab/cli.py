@@ -2,7 +2,7 @@
 
     kube-netlab up LAB.yaml            build (or converge) a lab, wait until it is ready
     kube-netlab down [LAB] [--all]     remove everything a lab created
-    kube-netlab get RESOURCE [NAME...] [-o wide|json|name] [-n NS | -A]
+    kube-netlab get RESOURCE[,RESOURCE] [NAME...] [-o wide|json|name] [-n NS | -A]
                                        pods|po, nodes|no, services|svc, endpoints|ep, endpointslices
     kube-netlab apply -f FILE          create or update Namespaces, Pods, Deployments, Services
     kube-netlab delete -f FILE         delete them again
@@ -93,26 +93,37 @@ def _mtime(path: str) -> float | None:
 
 def _print_get(view: LabView, what: str, output: str | None, *, namespace: str | None = None,
                names_: list[str] | None = None) -> int:
-    res = views.resource(what)
-    objects = view.objects(res, namespace if res.namespaced else None)
+    """kubectl get: one resource type, or several as "svc,ep" (one table each, rows named
+    kind/name; one JSON List of every item)."""
+    kinds = [views.resource(w) for w in what.split(",")]
+    if names_ and len(kinds) > 1:
+        raise LabError(f"names go with one resource type; use e.g. kube-netlab get {kinds[0].name} {names_[0]}")
+    found = [(res, view.objects(res, namespace if res.namespaced else None)) for res in kinds]
+    status = 0
     if names_:
-        found = {o["metadata"]["name"]: o for o in objects}
-        missing = [n for n in names_ if n not in found]
-        for n in missing:
-            print(f'Error from server (NotFound): {res.name} "{n}" not found'
-                  + (f" in namespace {namespace}" if res.namespaced and namespace else ""), file=sys.stderr)
-        objects = [found[n] for n in names_ if n in found]
-        if missing and not objects:
-            return 1
-    elif not objects and output != "json":
-        where = f" in {namespace} namespace" if res.namespaced and namespace else ""
-        print(f"No resources found{where}.", file=sys.stderr)
-        return 0
-    text = views.render(res, objects, output, now=time.time(), all_namespaces=res.namespaced and namespace is None,
-                        single=bool(names_) and len(names_) == 1)
-    if text:
-        print(text)
-    return 1 if names_ and len(objects) != len(names_) else 0
+        res, objects = found[0]
+        by_name = {o["metadata"]["name"]: o for o in objects}
+        for n in names_:
+            if n not in by_name:
+                print(f'Error from server (NotFound): {res.name} "{n}" not found'
+                      + (f" in namespace {namespace}" if res.namespaced and namespace else ""), file=sys.stderr)
+                status = 1
+        found = [(res, [by_name[n] for n in names_ if n in by_name])]
+    if output == "json":
+        items = [o for _, objects in found for o in objects]
+        single = bool(names_) and len(names_) == 1
+        if items or not single:
+            print(views.render(kinds[0], items, "json", now=0, single=single))
+        return status
+    texts = [views.render(res, objects, output, now=time.time(), kind_in_name=len(kinds) > 1,
+                          all_namespaces=res.namespaced and namespace is None) for res, objects in found if objects]
+    if texts:
+        print("\n\n".join(texts) if output != "name" else "\n".join(texts))
+    elif not names_:
+        namespaced = any(res.namespaced for res in kinds)
+        print("No resources found" + (f" in {namespace} namespace." if namespaced and namespace else "."),
+              file=sys.stderr)
+    return status
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -154,7 +165,8 @@ def cmd_get(a) -> int:
     if "/" in what:  # kubectl's TYPE/NAME form
         what, name = what.split("/", 1)
         names_.insert(0, name)
-    views.resource(what)  # an unknown resource fails before the lab is opened
+    for word in what.split(","):
+        views.resource(word)  # an unknown resource fails before the lab is opened
     if a.all_namespaces and names_:
         raise LabError("a resource cannot be retrieved by name across all namespaces; use -n NAMESPACE")
     namespace = None if a.all_namespaces else (a.namespace or DEFAULT_NAMESPACE)

@@ -426,9 +426,16 @@ class Resource:
         cols = list(self.header) + (list(self.wide_header) if wide else [])
         return (["NAMESPACE"] + cols) if (all_namespaces and self.namespaced) else cols
 
-    def rows(self, objects: list[dict], now: float, wide: bool, all_namespaces: bool) -> list[list[str]]:
+    def rows(self, objects: list[dict], now: float, wide: bool, all_namespaces: bool,
+             kind_in_name: bool = False) -> list[list[str]]:
         prefix = all_namespaces and self.namespaced
-        return [([o["metadata"].get("namespace", "")] if prefix else []) + self.row(o, now, wide) for o in objects]
+        out = []
+        for o in objects:
+            row = self.row(o, now, wide)
+            if kind_in_name:   # `get svc,ep` names rows service/web, endpoints/web
+                row[0] = f"{self.name_prefix}/{row[0]}"
+            out.append(([o["metadata"].get("namespace", "")] if prefix else []) + row)
+        return out
 
 
 RESOURCES = (
@@ -461,11 +468,11 @@ def resource(word: str) -> Resource:
 
 
 def render(res: Resource, objects: list[dict], output: str | None, *, now: float,
-           all_namespaces: bool = False, single: bool = False) -> str:
+           all_namespaces: bool = False, single: bool = False, kind_in_name: bool = False) -> str:
     """What `get` prints: a table, JSON (one object when single, else a List) or names."""
     if output == "json":
         return json.dumps(objects[0] if single and objects else as_list(objects), indent=4)
     if output == "name":
         return "\n".join(f"{res.name_prefix}/{o['metadata']['name']}" for o in objects)
     wide = output == "wide"
-    return table(res.columns(wide, all_namespaces), res.rows(objects, now, wide, all_namespaces))
+    return table(res.columns(wide, all_namespaces), res.rows(objects, now, wide, all_namespaces, kind_in_name))

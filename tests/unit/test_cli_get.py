@@ -109,3 +109,13 @@ def test_the_jq_examples_in_docs_cli_md_work(lab_dir):
         proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env,
                               timeout=60)
         assert proc.returncode == 0 and proc.stdout.strip(), f"{example}\n{proc.stdout}{proc.stderr}"
+
+
+def test_several_resource_types_at_once(lab_dir):
+    out = get(lab_dir, "svc,ep").stdout.split("\n\n")
+    assert out[0].splitlines()[1].split()[0] == "service/web"
+    assert out[1].splitlines()[0].split() == ["NAME", "ENDPOINTS", "AGE"]
+    assert out[1].splitlines()[1].split()[:2] == ["endpoints/web", "10.244.1.2:8080"]
+    both = json.loads(get(lab_dir, "svc,ep", "-o", "json").stdout)
+    assert [(o["kind"], o["metadata"]["name"]) for o in both["items"]] == [("Service", "web"), ("Endpoints", "web")]
+    assert get(lab_dir, "svc,ep", "web").returncode == 1
