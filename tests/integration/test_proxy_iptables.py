@@ -311,3 +311,16 @@ def test_udp_service_gaining_an_endpoint_flushes_entries_made_before(cluster):
         assert ask_udp(sock, "10.96.0.10", 53).startswith("pod-b ")
     finally:
         sock.close()
+
+
+def test_inside_the_node_namespace_without_netns(cluster):
+    """As the node agent runs it: in the node's namespace, netns=None."""
+    code = ("from proxy.iptables import IptablesProxier\n"
+            "from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName\n"
+            "web = ServicePortName('default', 'web', 'http')\n"
+            "p = IptablesProxier(ProxyNode('node-a', ('192.168.56.11',), '10.244.0.0/16'))\n"
+            "r = p.sync(ProxyState({web: ServicePort(web, 'TCP', '10.96.120.15', 80)},\n"
+            "                      {web: (Endpoint('10.244.1.3', 8080, 'node-a'),)}))\n"
+            "print(p.backend, r.full, r.error)\n")
+    assert sh(cluster.node, sys.executable, "-c", code).split() == [binary_backend(), "True", "None"]
+    assert pods_answering(cluster.from_client("10.96.120.15", 80, times=3)) == {"pod-b"}
