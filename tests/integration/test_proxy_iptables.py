@@ -192,8 +192,9 @@ def test_hairpin_a_pod_reaches_itself_through_its_service(cluster):
     assert line.split()[0] == "pod-a" and line.split()[1].startswith("10.244.1.1:")
 
 
-def test_partial_sync_changes_one_service_and_keeps_the_others(cluster):
-    proxier = IptablesProxier(cluster.proxy_node, netns=cluster.node)
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_partial_sync_changes_one_service_and_keeps_the_others(cluster, backend):
+    proxier = IptablesProxier(cluster.proxy_node, netns=cluster.node, backend=backend)
     both = (ep("pod-a"), ep("pod-b"))
     assert proxier.sync(state((WEB_SVC, both), (API_SVC, both))).error is None
     result = proxier.sync(state((WEB_SVC, (ep("pod-a"),)), (API_SVC, both)), changed=frozenset({WEB}))
@@ -202,10 +203,10 @@ def test_partial_sync_changes_one_service_and_keeps_the_others(cluster):
     assert f":{n.service_chain(API, 'tcp')} " not in proxier.last_text   # unchanged: not rewritten
     assert pods_answering(cluster.from_client("10.96.120.15", 80, times=20)) == {"pod-a"}
     assert pods_answering(cluster.from_client("10.96.0.50", 443, times=40)) == {"pod-a", "pod-b"}
-    assert n.endpoint_chain(WEB, "tcp", ep("pod-b")) not in cluster.nat()
+    assert n.endpoint_chain(WEB, "tcp", ep("pod-b")) not in cluster.nat(backend)
     # the service removed in a partial sync loses all its chains
     assert proxier.sync(state((API_SVC, both)), changed=frozenset({WEB})).error is None
-    saved = cluster.nat()
+    saved = cluster.nat(backend)
     assert n.port_proto_hash(WEB, "tcp") not in saved and n.endpoint_chain(WEB, "tcp", ep("pod-a")) not in saved
 
 
