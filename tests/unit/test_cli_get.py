@@ -30,7 +30,8 @@ def lab_dir(tmp_path_factory):
     st = state.LabState(open_store(paths.store))
     st.put_lab(parse_lab(LAB))
     for i, node in enumerate(("node-a", "node-b"), 1):
-        st.put_node_status(node, state.NodeStatus(ready=True, pod_cidr=f"10.244.{i}.0/24", vtep_mac=f"0e:00:00:00:00:0{i}"))
+        st.put_node_status(node, state.NodeStatus(ready=True, pod_cidr=f"10.244.{i}.0/24",
+                                                  vtep_mac=f"0e:00:00:00:00:0{i}"))
     echo = Container("echo", ports=(ContainerPort(8080),))
     for ns, name, ip in (("default", "web-1", "10.244.1.2"), ("default", "web-2", "10.244.1.3"),
                          ("kube-system", "dns-1", "10.244.1.4")):
