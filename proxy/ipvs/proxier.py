@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -69,6 +70,10 @@ class IpvsProxier:
 
     def _sysctls(self) -> None:
         with _netns.entered(self.netns):
+            if not os.path.isdir("/proc/sys/net/ipv4/vs"):
+                raise RuntimeError("this kernel has no IPVS (/proc/sys/net/ipv4/vs is missing): load the ip_vs "
+                                   "module (CONFIG_IP_VS), or use proxyMode iptables or nftables; "
+                                   "tests/kernel/ runs IPVS mode under Debian's kernel in qemu")
             for key, value in SYSCTLS.items():
                 with open(f"/proc/sys/{key}", "w") as f:
                     f.write(str(value))
