@@ -108,23 +108,16 @@ class Variant:
 
 class NodeProxier:
     """A proxier run as a node agent runs it: built and synced from a thread inside the
-    node's namespace (netns=None: its tools are forked there, no `ip netns exec`), keeping
-    the text it handed its tool in the last sync, which the anchor loads alone."""
+    node's namespace (netns=None: its tools are forked there, no `ip netns exec`). Both
+    proxiers keep the text they handed their tool in the last sync (last_text): the anchor
+    loads that alone."""
 
     def __init__(self, variant: "Variant", netns_name: str):
         self.netns = netns_name
         with netns.entered(netns_name):
             self.proxier = variant.make()
-        self._texts: list[str] = []
-        send = getattr(self.proxier, "_nft", None)   # NftablesProxier's one way to nft -f (no last_text)
-        if send is not None:
-            def recorded(text: str, _send=send) -> None:
-                self._texts.append(text)
-                _send(text)
-            self.proxier._nft = recorded
 
     def sync(self, state: ProxyState, changed: frozenset[ServicePortName] | None = None):
-        self._texts.clear()
         with netns.entered(self.netns):
             return self.proxier.sync(state, changed)
 
@@ -134,7 +127,7 @@ class NodeProxier:
 
     @property
     def last_text(self) -> str:
-        text = getattr(self.proxier, "last_text", None) or "".join(self._texts)
+        text = getattr(self.proxier, "last_text", None)
         if not text:
             raise RuntimeError(f"{type(self.proxier).__name__}: no rule text seen in the last sync; the bench "
                                "needs what it gave iptables-restore / nft to time the tool alone")

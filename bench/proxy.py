@@ -19,20 +19,24 @@ namespaces (their rule sets are torn down in a workqueue).
 
 iptables-nft-restore is slow at scale here (~79 s for 10k; shared/DESIGN.md),
 so it runs only up to --nft-backend-max Services (default 5000); pass
---nft-backend-max 10000 to run it at 10k too. IPVS needs a kernel with IP_VS
-(Debian's, under qemu: tests/kernel/harness.py); it is reported separately.
+--nft-backend-max 10000 to run it at 10k too. IPVS needs a kernel with IP_VS:
+--ipvs N boots Debian's kernel under qemu (tests/kernel/harness.py, TCG, no
+KVM) and runs bench/ipvs_guest.py there: the IPVS proxier beside `ip -batch` +
+`ipvsadm -R` building the same virtual servers, both under the same emulation
+(so only their ratio compares with the host's figures).
 
     sudo .venv/bin/python bench/proxy.py [--sizes 1000,5000,10000]
-        [--modes iptables-legacy,iptables-nft,nftables,nftables-maps] [--changes 5] [--quick]
+        [--modes iptables-legacy,iptables-nft,nftables,nftables-maps] [--changes 5] [--quick] [--ipvs 1000]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (DATE, VARIANTS, fresh_netns, guarded, loadavg, machine, median, need_root,  # noqa: E402
+from common import (DATE, REPO, VARIANTS, fresh_netns, guarded, loadavg, machine, median, need_root,  # noqa: E402
                     parse_sizes, parse_variants, synthetic_state, timed, tool, with_service,
                     write_json)
 from lab import settle  # noqa: E402
@@ -70,7 +74,29 @@ def measure(variant, n: int, changes: int) -> dict:
     return row
 
 
-def report(rows: list[dict], skipped: list[str], args, load0: str) -> None:
+# what IpvsProxier needs loaded in Debian's kernel (as tests/kernel/test_ipvs.py boots it)
+IPVS_MODULES = ["ip_vs", "ip_vs_rr", "dummy", "nf_conntrack", "nf_nat", "nf_tables", "nft_compat", "nft_chain_nat",
+                "xt_mark", "xt_MASQUERADE", "xt_addrtype", "xt_comment", "xt_conntrack", "xt_tcpudp", "xt_set"]
+
+
+def measure_ipvs(n: int, changes: int) -> dict | str:
+    """The guest's figures, or why there are none."""
+    sys.path.append(os.path.join(REPO, "tests", "kernel"))
+    import harness
+    try:
+        run = harness.run_in_kernel(f".venv/bin/python bench/ipvs_guest.py {n} {changes}", IPVS_MODULES,
+                                    timeout=1200)
+    except harness.KernelUnavailable as e:
+        return f"IPVS not measured: {e}"
+    lines = [line for line in run.output.splitlines() if line.startswith("RESULT ")]
+    if run.rc != 0 or not lines:
+        return f"IPVS not measured: the guest failed:\n{run.explain()[-3000:]}"
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    out["boot_s"], out["vm_s"] = run.boot_seconds, run.seconds
+    return out
+
+
+def report(rows: list[dict], skipped: list[str], args, load0: str, ipvs: dict | str | None = None) -> None:
     print()
     print(f"Service proxy sync, {DATE}, {machine()}; load average at start / end: {load0} / {loadavg()}")
     print(f"N ClusterIP Services x 2 endpoints; full sync in a fresh namespace; change = add one Service, "
@@ -90,8 +116,14 @@ def report(rows: list[dict], skipped: list[str], args, load0: str) -> None:
                   f"({change * 1000:.1f} ms)")
     for note in skipped:
         print(f"skipped: {note}")
-    print("IPVS: this kernel has no IP_VS; its sync runs only under Debian's kernel in qemu (tests/kernel), "
-          "not measured here")
+    if isinstance(ipvs, dict):
+        oc, tc = ipvs["median_change"]
+        print(f"IPVS under qemu/TCG (Debian's kernel; both sides emulated, compare the ratio only): "
+              f"{ipvs['services']} Services full sync ours {ipvs['ours_full']:.2f} s, ip -batch + ipvsadm -R "
+              f"{ipvs['tool_full']:.2f} s ({ipvs['ours_full'] / ipvs['tool_full']:.2f}x); one change ours "
+              f"{oc * 1000:.0f} ms, tools {tc * 1000:.0f} ms ({oc / tc:.2f}x); VM boot {ipvs['boot_s']:.0f} s")
+    else:
+        print(ipvs or "IPVS: this kernel has no IP_VS; --ipvs N measures it under Debian's kernel in qemu")
     print("known costs of the tools here at 10k (shared/reference/kube-proxy-and-dns.md section 6):")
     for key in dict.fromkeys(r["mode"] for r in rows):
         print(f"  {key}: {KNOWN[key]}")
@@ -105,6 +137,8 @@ def main() -> int:
     ap.add_argument("--nft-backend-max", type=int, default=5000,
                     help="largest size run with iptables-nft (~79 s for 10k here; default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="sizes 1000 only, 2 changes (a smoke run)")
+    ap.add_argument("--ipvs", type=int, default=0, metavar="N",
+                    help="also IPVS at N Services, under Debian's kernel in qemu (slow: minutes); 0: not")
     ap.add_argument("--json", metavar="FILE", help="also write the raw timings here")
     args = ap.parse_args()
     if args.quick:
@@ -113,7 +147,7 @@ def main() -> int:
     if args.changes < 1:
         raise SystemExit("--changes: at least 1")
     need_root("bench/proxy.py")
-    load0, rows, skipped = loadavg(), [], []
+    load0, rows, skipped, ipvs = loadavg(), [], [], []
 
     def body():
         settle()
@@ -127,11 +161,13 @@ def main() -> int:
                 print(f"  {variant.key:<16} {n:>6}: full ours {r['ours_full']:.3f} s, tool {r['tool_full']:.3f} s; "
                       f"change ours {median(r['ours_change']) * 1000:.1f} ms, "
                       f"tool {median(r['tool_change']) * 1000:.1f} ms", flush=True)
+        if args.ipvs:
+            ipvs.append(measure_ipvs(args.ipvs, args.changes))
 
     if guarded(body):
         return 130
-    report(rows, skipped, args, load0)
-    write_json(args.json, rows=rows, skipped=skipped)
+    report(rows, skipped, args, load0, ipvs[0] if ipvs else None)
+    write_json(args.json, rows=rows, skipped=skipped, ipvs=ipvs[0] if ipvs else None)
     return 0
 
 
