@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from . import state
 from .model import Lab, ModelError, load_lab, load_manifests, merge_objects, names, remove_objects
+from .external import ensure_external_services
 from .progress import Progress
 from .realize import ensure_netns, ensure_node, ensure_underlay, ensure_underlay_port, remove_netns
 from .realize.namespace import HOST_NETNS_ENV, host_netns_id, netns_exists, pids_by_netns, process_alive
@@ -96,6 +97,11 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
         progress.advance()
 
     _write_desired(store, lab)
+    if old is not None and (old.proxy_mode, old.nftables_layout) != (lab.proxy_mode, lab.nftables_layout):
+        # an agent's proxy starts by removing every other mode's rules: restart them (pods are adopted)
+        progress.note(f"switching the proxy from {old.proxy_mode} to {lab.proxy_mode}")
+        _kill([pid for n in old.node_names if n in lab.node_names and (pid := state.agent_alive(paths, n))])
+    ensure_external_services(paths, lab)
     for node in lab.nodes:
         if not state.agent_alive(paths, node.name):
             state.LabState(store).delete_node_status(node.name)  # a dead agent's "ready" no longer holds
@@ -117,13 +123,21 @@ def _check_compatible(old: Lab, new: Lab) -> None:
 
 
 def _write_desired(store, lab: Lab) -> None:
-    """The lab document and one key per pod, scheduled; pods no longer wanted are deleted.
+    """The lab document, every Service (addresses allocated) and one key per pod,
+    scheduled; what is no longer wanted is deleted. Everything is computed (and any
+    ModelError raised) before the first write, so bad input changes nothing.
     Unchanged records are not rewritten (a write wakes every agent watching its prefix)."""
     lab_state = state.LabState(store)
-    lab_state.put_lab(lab)
+    stored_services = lab_state.services()
+    services = {f"{s.namespace}/{s.name}": s for s in lab.allocated_services(stored_services)}
     existing = lab_state.pods()
     current = {key: pod.node_name for key, pod in existing.items() if pod.node_name in lab.node_names}
-    wanted = {pod.key: pod for pod in lab.scheduled_pods(current)}
+    wanted = {pod.key: pod for pod in lab.scheduled_pods(current, system=True)}
+    lab_state.put_lab(lab)
+    for key in stored_services.keys() - services.keys():
+        lab_state.delete_service(key)
+    for svc in services.values():
+        lab_state.put_service(svc)
     for key in existing.keys() - wanted.keys():
         lab_state.delete_pod(key)
     for pod in wanted.values():

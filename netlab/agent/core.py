@@ -5,6 +5,7 @@ kube-proxy with its endpoint publishing here), each on its own thread:
     overlay     lease + renewal, subnet.env, flannel.1, masquerade, peers   (flanneld)
     pods        the node's pods, their status, container restarts           (kubelet)
     endpoints   this node's EndpointSlices                                  (endpointslice controller, per node)
+    proxy       Service rules: iptables, nftables or IPVS                   (kube-proxy)
 
 One watcher loop reads the store's events and wakes the controllers concerned; each
 also resyncs fully on a period. The agent reports the node's status: Ready while every
@@ -38,6 +39,7 @@ from .controller import Controller, Watcher
 from .endpoints import EndpointsController
 from .overlay import OverlayController
 from .pods import PodsController
+from .proxy import ProxyController
 from .runner import BoundedFrequencyRunner
 
 log = logging.getLogger("netlab.agent")
@@ -50,6 +52,7 @@ def build_controllers(agent: "Agent") -> list[Controller]:
         OverlayController(agent, lease_ttl=agent.lease_ttl),
         PodsController(agent),
         EndpointsController(agent),
+        ProxyController(agent),
     ]
 
 

@@ -14,8 +14,6 @@ import pytest
 
 from labrun import TWO_NODE, Lab, in_pod, items, kn, lab_leftovers, on_node
 
-pytestmark = pytest.mark.skip(reason="TEMPORARY: enabled when the engine writes Services (same session)")
-
 EXTERNAL = "192.168.56.254"
 NODE_IPS = {"node-a": "192.168.56.11", "node-b": "192.168.56.12"}
 
@@ -239,7 +237,7 @@ def _endpoint_count(lab, node: str) -> int:
         text = on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
         return len(re.findall(r"^-A KUBE-SVC-\S+ .*default/echo:http -> ", text, re.M))
     text = on_node(lab.name, node, "nft", "list", "table", "ip", "kube-proxy").stdout
-    return len(set(re.findall(r"10\.244\.\d+\.\d+ \. 8080|10\.244\.\d+\.\d+:8080|to 10\.244\.\d+\.\d+:8080", text)))
+    return len(set(re.findall(r"chain endpoint-\w+-default/echo/tcp/http__([\d.]+)/8080", text)))
 
 
 def test_scaling_changes_the_endpoints_in_every_nodes_rules(lab):
