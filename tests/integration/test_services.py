@@ -275,3 +275,22 @@ def test_cluster_dns_from_a_pod(lab):
     assert "status: NXDOMAIN" in status
     out = in_pod(lab.name, "client", "curl", "-s", "--max-time", "3", "http://echo/").stdout
     assert out.split()[0] in echo_pods(lab)
+
+
+def test_up_with_another_proxy_mode_switches_and_removes_the_old_rules(tmp_path):
+    lab = Lab(lab_file(tmp_path, "iptables"))
+    try:
+        lab.up()
+        kn("apply", "-q", "-f", manifest(tmp_path, "services.yaml", SERVICES), "--lab", lab.name)
+        assert "KUBE-SERVICES" in on_node(lab.name, "node-a", "iptables-save", "-t", "nat").stdout
+        lab.path = lab_file(tmp_path, "nftables")
+        lab.up()
+        for node in NODE_IPS:
+            assert "KUBE-" not in on_node(lab.name, node, "iptables-save").stdout
+            assert "service-ips" in on_node(lab.name, node, "nft", "list", "table", "ip", "kube-proxy").stdout
+        ip = svc(lab, "echo")["spec"]["clusterIP"]
+        assert set(answers(lab, ["client"], f"http://{ip}/", 30)) == echo_pods(lab)
+        assert [n["status"]["netlab"]["proxyMode"] for n in items(lab.name, "nodes")] == ["nftables"] * 2
+    finally:
+        lab.down()
+    assert lab_leftovers(lab.name) == []
