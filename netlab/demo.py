@@ -1,5 +1,7 @@
 """`make demo`: bring up topologies/two-node.yaml and show pods talking across
-nodes through the VXLAN overlay. The lab stays up to be explored.
+nodes through the VXLAN overlay, then reaching a Service by name (cluster
+DNS, ClusterIP, kube-proxy's rules) and a NodePort from the external host.
+The lab stays up to be explored.
 
     sudo .venv/bin/python -m netlab.demo [LAB.yaml]
 """
@@ -36,7 +38,8 @@ def main() -> int:
     from .model import load_lab
     name = load_lab(lab_file).name
     os.environ["NETLAB_LAB"] = name  # every command below is about this lab, whatever else runs
-    pods = json.loads(kn("get", "pods", "-o", "json", show=False).stdout)["items"]
+    pods = [{"name": p["metadata"]["name"], "node": p["spec"]["nodeName"], "ip": p["status"].get("podIP")}
+            for p in json.loads(kn("get", "pods", "-o", "json", show=False).stdout)["items"]]
     first = pods[0]
     other = next((p for p in pods if p["node"] != first["node"]), None)
     if other is None:
@@ -54,12 +57,31 @@ def main() -> int:
     kn("exec", "--node", first["node"], "--", "ip", "neigh", "show", "dev", "flannel.1")
     kn("exec", "--node", first["node"], "--", "bridge", "fdb", "show", "dev", "flannel.1")
 
+    step("5. the Service `echo` by name: cluster DNS, then the ClusterIP spread over every replica")
+    kn("get", "services", "-A")
+    kn("exec", first["name"], "--", "getent", "hosts", "echo")
+    spread = kn("exec", first["name"], "--", "sh", "-c",
+                "for i in 1 2 3 4 5 6 7 8; do curl -s --max-time 3 http://echo/; done")
+    served = {line.split()[0] for line in spread.stdout.splitlines() if line.strip()}
+    kn("exec", "--node", first["node"], "--", "sh", "-c",
+       "iptables-save -t nat | grep -E 'default/echo:http' | head -8")
+
+    step("6. the NodePort from the external host, on the other node's address")
+    node_ip = json.loads(kn("get", "node", other["node"], "-o", "json", show=False).stdout)["status"]["addresses"][0]
+    nodeport = kn("exec", "--external", "--", "curl", "-s", "--max-time", "5", f"http://{node_ip['address']}:30080/")
+
     ok = ping.returncode == 0 and curl.stdout.startswith(other["name"])
-    print("\nRESULT: " + ("pods reach each other across nodes over VXLAN" if ok else "cross-node traffic FAILED"))
+    ok_svc = len(served) > 1 and nodeport.stdout.startswith("echo-")
+    print("\nRESULT: " + ("pods reach each other across nodes over VXLAN" if ok else "cross-node traffic FAILED")
+          + "; " + (f"the echo Service answered from {len(served)} replicas and on its NodePort" if ok_svc
+                    else "Services FAILED"))
+    ok = ok and ok_svc
     kube = os.path.relpath(KUBE_NETLAB) if not os.path.relpath(KUBE_NETLAB).startswith("..") else KUBE_NETLAB
     print(f"\nThe lab stays up. Explore it:\n"
           f"  {kube} get pods -o wide\n"
           f"  {kube} exec {first['name']} -- sh -c 'ip addr; ip route'\n"
+          f"  {kube} get svc,ep -o wide\n"
+          f"  {kube} exec --node {first['node']} -- iptables-save -t nat\n"
           f"  ip netns exec {name}-underlay tcpdump -ni {first['node']} udp port 8472\n"
           f"Remove it with:\n  {kube} down {name}")
     return 0 if ok else 1
