@@ -6,7 +6,8 @@ import subprocess
 import time
 
 from ..types import ProxyNode, ProxyState, ServicePortName, SyncResult
-from .render import DEFAULT_LAYOUT, T, Written, check_layout, render_pieces
+from .render import DEFAULT_LAYOUT, T, check_layout
+from .table import Written, full_sync, render_pieces
 
 log = logging.getLogger("netlab.proxy")
 
@@ -31,23 +32,24 @@ class NftablesProxier:
         # what the kernel holds, as we wrote it; None: unknown (first sync, or
         # a batch failed), so the next sync recreates the table
         self._written: Written | None = None
+        self.last_text = ""          # the batch of the last sync (debugging, tests, bench)
 
     def _nft(self, text: str) -> None:
         argv = ["nft", "-f", "-"]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
+        self.last_text = text
         res = subprocess.run(argv, input=text, capture_output=True, text=True)
         if res.returncode != 0:
             raise NftError(res.stderr.strip() or f"nft exited with {res.returncode}")
 
     def sync(self, state: ProxyState, changed: frozenset[ServicePortName] | None = None) -> SyncResult:
         start = time.monotonic()
+        self.last_text = ""
         full = changed is None or self._written is None
         try:
             if full:
-                pieces = render_pieces(self.node, state, self.layout)
-                written = Written(self.node, self.layout, pieces)
-                text, size = written.full_text(self._written)
+                written, text, size = full_sync(self.node, state, self.layout, self._written)
                 self._nft(text)
                 self._written = written
             else:

@@ -17,15 +17,13 @@ Two layouts (the lab file's spec.nftables.layout):
 
 A service port renders to a Piece (its chains, affinity sets and map
 elements); the table is the skeleton plus the union of the pieces, so a
-change to one Service rewrites only its Piece (Written.partial_text).
+change to one Service rewrites only its Piece (table.Written.partial_text).
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
-from ..types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName, categorize
+from ..types import Endpoint, ProxyNode, ServicePort, categorize
 from . import names
 
 FAMILY = "ip"
@@ -176,10 +174,6 @@ def skeleton_chains(node: ProxyNode, layout: str) -> dict[str, list[str]]:
     return chains
 
 
-def skeleton_elements(node: ProxyNode) -> dict[tuple[str, str], str]:
-    return {(NODEPORT_IPS, ip): "" for ip in node.node_ips}
-
-
 # ---- one service port -------------------------------------------------------
 
 @dataclass
@@ -190,6 +184,8 @@ class Piece:
     sets: dict[str, str] = field(default_factory=dict)             # affinity sets: declaration
     elements: dict[tuple[str, str], str] = field(default_factory=dict)  # (container, key): " : value" or ""
     shared: frozenset[str] = frozenset()                           # lb chains of the maps layout
+    service: ServicePort | None = None                             # what it was rendered from
+    endpoints: tuple[Endpoint, ...] = ()
 
     def element(self, container: str, key: str, value: str = "", comment: str = "") -> None:
         self.elements[(container, key)] = (f" comment {quote(comment)}" if comment else "") + \
@@ -340,161 +336,7 @@ def maps_piece(node: ProxyNode, svc: ServicePort, eps: tuple[Endpoint, ...]) -> 
 
 
 def render_piece(node: ProxyNode, svc: ServicePort, eps: tuple[Endpoint, ...], layout: str) -> Piece:
-    return (maps_piece if layout == "maps" else kube_proxy_piece)(node, svc, eps)
-
-
-def render_pieces(node: ProxyNode, state: ProxyState, layout: str,
-                  only: Iterable[ServicePortName] | None = None) -> dict[ServicePortName, Piece | None]:
-    """Pieces of the given service ports (all when only is None); None for a removed one."""
-    wanted = state.services.keys() if only is None else only
-    return {n: (render_piece(node, state.services[n], state.endpoints_of(n), layout)
-                if n in state.services else None) for n in sorted(wanted)}
-
-
-# ---- table text ---------------------------------------------------------------
-
-def _element_lines(verb: str, elements: Iterable[tuple[tuple[str, str], str]]) -> list[str]:
-    by_container: dict[str, list[str]] = {}
-    for (container, key), value in elements:
-        by_container.setdefault(container, []).append(key + value)
-    return [f"{verb} element {T} {c} {{ {', '.join(items)} }}" for c, items in sorted(by_container.items())]
-
-
-def _effective(owners: Mapping[ServicePortName, str]) -> str | None:
-    """One element, wanted by several service ports (a ClusterIP with two
-    ports, an endpoint in two Services): its value is the first owner's."""
-    return owners[min(owners)] if owners else None
-
-
-class Written:
-    """What this proxier wrote into the kernel: the pieces, the element
-    owners and the shared chains, so that a partial sync writes only the
-    difference and never lists the table."""
-
-    def __init__(self, node: ProxyNode, layout: str, pieces: Mapping[ServicePortName, Piece]):
-        self.node, self.layout = node, layout
-        self.pieces: dict[ServicePortName, Piece] = dict(pieces)
-        self.owners: dict[tuple[str, str], dict[ServicePortName, str]] = {}
-        self.shared: Counter[str] = Counter()
-        for name, piece in self.pieces.items():
-            self._own(name, piece, +1)
-
-    def _own(self, name: ServicePortName, piece: Piece, sign: int) -> None:
-        for ck, value in piece.elements.items():
-            if sign > 0:
-                self.owners.setdefault(ck, {})[name] = value
-            else:
-                owners = self.owners[ck]
-                del owners[name]
-                if not owners:
-                    del self.owners[ck]
-        self.shared.update({c: sign for c in piece.shared})
-        self.shared = +self.shared   # drops the chains no piece uses
-
-    def chains(self) -> set[str]:
-        return {c for p in self.pieces.values() for c in p.chains} | set(self.shared)
-
-    def sets(self) -> dict[str, str]:
-        return {s: d for p in self.pieces.values() for s, d in p.sets.items()}
-
-    def full_text(self, previous: "Written | None") -> tuple[str, int]:
-        """The whole table: recreated (previous None: a first sync or one
-        after a failure), or flushed and refilled, which keeps the affinity
-        sets that are still wanted (their entries are the clients' pins)."""
-        kinds = containers(self.layout)
-        sets = self.sets()
-        lines = [f"add table {T}"]
-        if previous is None:
-            lines.append(f"delete table {T}")
-        else:
-            lines.append(f"flush table {T}")
-            lines += [f"flush {kind} {T} {c}" for c, (kind, _) in kinds.items()]
-            lines += [f"delete chain {T} {c}" for c in sorted(previous.chains() - self.chains())]
-            old_sets = previous.sets()
-            lines += [f"delete set {T} {s}" for s in sorted(old_sets) if sets.get(s) != old_sets[s]]
-        lines.append(f"table {T} {{")
-        lines.append(f"\tcomment {quote('rules for kube-proxy')}")
-        if previous is None:
-            # typeof maps cannot be declared again over an existing one (nft 1.0.6)
-            lines += [f"\t{kind} {c} {{ {decl} }}" for c, (kind, decl) in kinds.items()]
-        lines += [f"\tset {s} {{ {d} }}" for s, d in sorted(sets.items())]
-        size = 0
-        chains = skeleton_chains(self.node, self.layout)
-        for c in sorted(self.shared):
-            chains[c] = shared_chain_rules(c)
-        for name in sorted(self.pieces):
-            chains.update(self.pieces[name].chains)
-        for c, rules in chains.items():
-            lines.append(f"\tchain {c} {{")
-            lines += [f"\t\t{r}" for r in rules]
-            lines.append("\t}")
-            size += len(rules)
-        lines.append("}")
-        elements = {**skeleton_elements(self.node),
-                    **{ck: _effective(o) for ck, o in self.owners.items()}}
-        lines += _element_lines("add", sorted(elements.items()))
-        return "\n".join(lines) + "\n", size + len(elements)
-
-    def partial_text(self, updates: Mapping[ServicePortName, Piece | None]) -> tuple[str, int]:
-        """Only what the updated service ports change: their elements, chains
-        and sets. Costs what changed, never what exists. self is unchanged
-        until apply()."""
-        old = [self.pieces[n] for n in updates if n in self.pieces]
-        new = [p for p in updates.values() if p is not None]
-
-        deleted, added = [], []
-        for ck in {ck for p in old + new for ck in p.elements}:
-            owners = dict(self.owners.get(ck, {}))
-            before = _effective(owners)
-            for name, piece in updates.items():
-                owners.pop(name, None)
-                if piece is not None and ck in piece.elements:
-                    owners[name] = piece.elements[ck]
-            now = _effective(owners)
-            if before is not None and before != now:
-                deleted.append((ck, ""))
-            if now is not None and now != before:
-                added.append((ck, now))
-
-        delta: Counter[str] = Counter()
-        for p in old:
-            delta.update({c: -1 for c in p.shared})
-        for p in new:
-            delta.update({c: +1 for c in p.shared})
-        gone_shared = {c for c, d in delta.items() if d and self.shared[c] and not self.shared[c] + d}
-        born_shared = {c for c, d in delta.items() if d and not self.shared[c] and self.shared[c] + d}
-
-        old_chains = {c for p in old for c in p.chains}
-        new_chains = {c: r for p in new for c, r in p.chains.items()}
-        old_sets = {s: d for p in old for s, d in p.sets.items()}
-        new_sets = {s: d for p in new for s, d in p.sets.items()}
-
-        # order matters: nothing may point at a chain or set being deleted
-        lines = _element_lines("delete", sorted(deleted))
-        lines += [f"flush chain {T} {c}" for c in sorted(old_chains | gone_shared)]
-        lines += [f"delete chain {T} {c}" for c in sorted((old_chains - new_chains.keys()) | gone_shared)]
-        lines += [f"delete set {T} {s}" for s in sorted(old_sets) if new_sets.get(s) != old_sets[s]]
-        lines += [f"add set {T} {s} {{ {d} }}" for s, d in sorted(new_sets.items()) if old_sets.get(s) != d]
-        born = sorted((new_chains.keys() - old_chains) | born_shared)
-        lines += [f"add chain {T} {c}" for c in born]
-        rules = {**{c: shared_chain_rules(c) for c in sorted(born_shared)}, **new_chains}
-        lines += [f"add rule {T} {c} {r}" for c, rs in rules.items() for r in rs]
-        lines += _element_lines("add", sorted(added))
-        size = sum(len(rs) for rs in rules.values()) + len(deleted) + len(added)
-        return ("\n".join(lines) + "\n" if lines else ""), size
-
-    def apply(self, updates: Mapping[ServicePortName, Piece | None]) -> None:
-        """Record that partial_text(updates) is in the kernel."""
-        for name, piece in updates.items():
-            if name in self.pieces:
-                self._own(name, self.pieces.pop(name), -1)
-            if piece is not None:
-                self.pieces[name] = piece
-                self._own(name, piece, +1)
-
-
-def render_full(node: ProxyNode, state: ProxyState, layout: str = DEFAULT_LAYOUT) -> str:
-    """The whole table for state, as one `nft -f` batch that replaces it."""
-    check_layout(layout)
-    pieces = render_pieces(node, state, layout)
-    return Written(node, layout, pieces).full_text(None)[0]
+    eps = tuple(eps)
+    piece = (maps_piece if layout == "maps" else kube_proxy_piece)(node, svc, eps)
+    piece.service, piece.endpoints = svc, eps
+    return piece

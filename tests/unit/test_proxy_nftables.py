@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from proxy.nftables import (LAYOUTS, NftablesProxier, Written, cluster_chain, endpoint_chain, render_full,
-                            render_pieces)
+from proxy.nftables import (LAYOUTS, NftablesProxier, Written, cluster_chain, endpoint_chain, full_sync,
+                            render_full, render_pieces)
 from proxy.nftables.names import service_port_chain_base
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
 
@@ -29,6 +29,12 @@ def state(web_eps=2, db_eps=2) -> ProxyState:
         STICKY: (Endpoint("10.244.1.9", 53, "node-a"),),
     }
     return ProxyState(services, endpoints)
+
+
+def recorded(written: Written) -> tuple:
+    """What a Written remembers, comparable."""
+    endpoints = {n: tuple(written.endpoints.get(n, ())) for n in written.services}
+    return (written.services, endpoints, written.owners, +written.shared, written.chains(), written.sets())
 
 
 def test_chain_names_are_kube_proxys():
@@ -75,7 +81,7 @@ def test_no_endpoints_is_rejected(layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_partial_sync_touches_only_the_changed_service(layout):
     before, after = state(), state(web_eps=3)
-    written = Written(NODE, layout, render_pieces(NODE, before, layout))
+    written = full_sync(NODE, before, layout)[0]
     text, size = written.partial_text(render_pieces(NODE, after, layout, only=[WEB]))
     assert size and "10.244.1.4" in text
     for other in ("10.96.0.20", "10.244.2.", "db", "sticky", "10.96.0.30"):
@@ -89,19 +95,19 @@ def test_partial_sync_touches_only_the_changed_service(layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_partial_sync_then_full_render_agree(layout):
     """Applying a partial change leaves the memory equal to a fresh render."""
-    written = Written(NODE, layout, render_pieces(NODE, state(), layout))
+    written = full_sync(NODE, state(), layout)[0]
     changed = state(web_eps=1)
     updates = render_pieces(NODE, changed, layout, only=[WEB, DB])
     written.apply(updates)
-    fresh = Written(NODE, layout, render_pieces(NODE, changed, layout))
-    assert written.full_text(None) == fresh.full_text(None)
+    fresh = full_sync(NODE, changed, layout)[0]
+    assert recorded(written) == recorded(fresh)
 
 
 def test_shared_cluster_ip_element_stays_while_one_port_remains():
     a, b = ServicePortName("ns", "two", "a"), ServicePortName("ns", "two", "b")
     st = ProxyState({a: ServicePort(a, "TCP", "10.96.5.5", 80), b: ServicePort(b, "TCP", "10.96.5.5", 81)},
                     {a: (Endpoint("10.244.1.2", 80),), b: (Endpoint("10.244.1.2", 81),)})
-    written = Written(NODE, "maps", render_pieces(NODE, st, "maps"))
+    written = full_sync(NODE, st, "maps")[0]
     text, _ = written.partial_text({a: None})
     assert "cluster-ips" not in text                    # b still wants 10.96.5.5
     assert "delete element ip kube-proxy service-ips { 10.96.5.5 . tcp . 80 }" in text
@@ -110,3 +116,94 @@ def test_shared_cluster_ip_element_stays_while_one_port_remains():
 def test_unknown_layout_names_the_field():
     with pytest.raises(ValueError, match=r"spec\.nftables\.layout.*kube-proxy, maps"):
         NftablesProxier(NODE, layout="fast")
+
+
+def varied_state() -> ProxyState:
+    """Every branch of the maps layout's full render: the common case (ClusterIP,
+    NodePort, UDP, unsorted endpoints), and what goes through render_piece:
+    affinity, both Local policies, external IPs, a not-ready endpoint, no
+    endpoints; plus elements two service ports want (a ClusterIP with two ports,
+    a pod behind two Services, two Services claiming one VIP)."""
+    def sp(name, port=""):
+        return ServicePortName("ns", name, port)
+    a, b, c = (Endpoint(f"10.244.1.{i}", 8080, "node-a") for i in (2, 3, 4))
+    remote = Endpoint("10.244.2.9", 8080, "node-b")
+    services = [
+        (ServicePort(sp("plain"), "TCP", "10.96.0.1", 80), (b, a)),
+        (ServicePort(sp("np"), "TCP", "10.96.0.2", 80, node_port=30002), (a, c)),
+        (ServicePort(sp("dns", "udp"), "UDP", "10.96.0.3", 53), (c,)),
+        (ServicePort(sp("two", "a"), "TCP", "10.96.0.4", 80), (a, b)),
+        (ServicePort(sp("two", "b"), "TCP", "10.96.0.4", 81), (a, b)),
+        (ServicePort(sp("clash-1"), "TCP", "10.96.0.5", 80), (a,)),
+        (ServicePort(sp("clash-2"), "TCP", "10.96.0.5", 80), (b,)),
+        (ServicePort(sp("sticky"), "TCP", "10.96.0.6", 80, affinity_timeout=30), (a, b)),
+        (ServicePort(sp("extlocal"), "TCP", "10.96.0.7", 80, node_port=30007, external_policy_local=True),
+         (a, remote)),
+        (ServicePort(sp("intlocal"), "TCP", "10.96.0.8", 80, internal_policy_local=True), (a, remote)),
+        (ServicePort(sp("extip"), "TCP", "10.96.0.9", 80, external_ips=("192.168.56.200",)), (b,)),
+        (ServicePort(sp("draining"), "TCP", "10.96.0.10", 80), (a, Endpoint("10.244.1.5", 8080, ready=False))),
+        (ServicePort(sp("empty"), "TCP", "10.96.0.11", 80, node_port=30011), ()),
+        (ServicePort(sp("local-no-external"), "TCP", "10.96.0.12", 80, external_policy_local=True), (remote, c)),
+    ]
+    return ProxyState({s.name: s for s, _ in services}, {s.name: eps for s, eps in services})
+
+
+def element_items(text: str) -> set[tuple[str, str]]:
+    found = re.findall(r"^add element ip kube-proxy (\S+) \{ (.*) \}$", text, re.M)
+    return {(container, item) for container, items in found for item in items.split(", ")}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_full_render_equals_the_pieces_it_stands_for(layout):
+    """The one-pass full render writes and records exactly what adding every
+    piece one by one (the partial-sync path) writes and records."""
+    st = varied_state()
+    fast, text, _ = full_sync(NODE, st, layout)
+    one_by_one = Written(NODE, layout)
+    pieces = render_pieces(NODE, st, layout)
+    added, _ = one_by_one.partial_text(pieces)
+    one_by_one.apply(pieces)
+    assert recorded(fast) == recorded(one_by_one)
+    nodeport_ips = {("nodeport-ips", ip) for ip in NODE.node_ips}
+    assert element_items(text) == element_items(added) | nodeport_ips
+    if layout == "maps":
+        assert "10.96.0.1 . tcp . 80 . 0 : 10.244.1.2 . 8080" in text          # sorted slots
+        assert "10.96.0.5 . tcp . 80 . 0 : 10.244.1.2 . 8080" in text          # clash: the first name's
+        assert "10.96.0.5 . tcp . 80 . 0 : 10.244.1.3 . 8080" not in text
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_removing_a_co_owner_keeps_or_hands_over_the_element(layout):
+    st = varied_state()
+    written = full_sync(NODE, st, layout)[0]
+    gone = ServicePortName("ns", "clash-1")
+    text, _ = written.partial_text({gone: None})
+    # clash-2 now owns the VIP: its endpoint replaces clash-1's
+    if layout == "maps":
+        assert "delete element ip kube-proxy service-endpoints-tcp { 10.96.0.5 . tcp . 80 . 0 }" in text
+        assert "add element ip kube-proxy service-endpoints-tcp { 10.96.0.5 . tcp . 80 . 0 : 10.244.1.3 . 8080 }" \
+            in text
+    assert "cluster-ips" not in text             # clash-2 still wants 10.96.0.5
+    written.apply({gone: None})
+    rest = ProxyState({n: s for n, s in st.services.items() if n != gone}, st.endpoints)
+    assert recorded(written) == recorded(full_sync(NODE, rest, layout)[0])
+
+
+def test_partial_sync_renders_only_the_changed_and_their_co_owners(monkeypatch):
+    """No work per existing service port: only the changed one's old piece and
+    those of service ports sharing an element with it are rendered again."""
+    import proxy.nftables.table as table
+    st = varied_state()
+    written = full_sync(NODE, st, "maps")[0]
+    name = ServicePortName("ns", "plain")
+    bigger = ProxyState(st.services, {**st.endpoints, name: st.endpoints[name] + (Endpoint("10.244.1.9", 8080),)})
+    updates = render_pieces(NODE, bigger, "maps", only=[name])
+    rendered = []
+    real = table.render_piece
+    monkeypatch.setattr(table, "render_piece", lambda node, svc, *a: rendered.append(svc.name) or real(node, svc, *a))
+    text, _ = written.partial_text(updates)
+    assert "10.96.0.1 . tcp . 80 . 2 : 10.244.1.9 . 8080" in text
+    # plain's hairpin pairs are shared with np, two, clash-1 ...: their owner stays, nothing to render
+    assert rendered == [name]          # plain's old piece
+    written.apply(updates)
+    assert recorded(written) == recorded(full_sync(NODE, bigger, "maps")[0])

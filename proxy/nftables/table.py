@@ -1,0 +1,325 @@
+"""The table as text, and the record of what a proxier wrote into it.
+
+A full sync renders every service port in one pass: the common case of the
+maps layout (Cluster policy, no affinity, every endpoint ready, no external
+IPs) straight to element text with no Piece in between; everything else
+through render_piece. The record (Written) is compact: the inputs it was
+rendered from, and for each element the service port(s) that want it. It
+keeps no Piece of a common-case service: a partial sync renders the old
+piece again from the remembered inputs (rendering is pure), so the record
+costs a dict entry per element, not a dict per element.
+"""
+from __future__ import annotations
+
+from bisect import insort
+from collections import Counter
+from operator import attrgetter
+from typing import Iterable, Mapping
+
+from ..types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
+from .render import (CLUSTER_IPS, HAIRPIN_ENDPOINTS, LB, NODEPORT_ENDPOINTS, NODEPORT_IPS, NODEPORT_LB,
+                     PROTOCOLS, SERVICE_ENDPOINTS, SERVICE_IPS, SERVICE_NODEPORTS, T, Piece, check_layout,
+                     containers, endpoints_map, quote, render_piece, shared_chain_rules, skeleton_chains)
+
+# ServicePortName's own order (dataclass order=True: namespace, name, port),
+# as a C-level key: sorting 10k names by their Python __lt__ costs ~70 ms
+NAME_ORDER = attrgetter("namespace", "name", "port")
+ENDPOINT_ORDER = attrgetter("ip", "port")       # categorize()'s order
+_READY = attrgetter("ready")
+
+
+def _BY_NAME(item: tuple[ServicePortName, ServicePort]) -> tuple[str, str, str]:
+    return NAME_ORDER(item[0])
+
+PROTO = {"TCP": "tcp", "UDP": "udp"}
+
+Owners = dict[str, "ServicePortName | list[ServicePortName]"]   # key -> its owner, or its owners sorted
+
+
+def _co_own(owners: Owners, key: str, name: ServicePortName) -> None:
+    """A second service port wants an element (a ClusterIP with two ports,
+    a pod behind two Services): remember both, sorted; the first one's value
+    is the one written."""
+    held = owners[key]
+    if isinstance(held, list):
+        if name not in held:
+            insort(held, name)
+    elif held != name:
+        owners[key] = sorted((held, name))
+
+
+def _disown(owners: Owners, key: str, name: ServicePortName) -> None:
+    held = owners[key]
+    if isinstance(held, list):
+        held.remove(name)
+        if len(held) == 1:
+            owners[key] = held[0]
+    else:
+        del owners[key]
+
+
+def _owner_list(owners: Owners, key: str) -> list[ServicePortName]:
+    held = owners.get(key)
+    return [] if held is None else list(held) if isinstance(held, list) else [held]
+
+
+def _element_lines(verb: str, items: Mapping[str, list[str]]) -> list[str]:
+    return [f"{verb} element {T} {c} {{ {', '.join(items[c])} }}" for c in sorted(items) if items[c]]
+
+
+class Written:
+    """What this proxier wrote into the kernel, so that a partial sync writes
+    only the difference and never lists the table.
+
+    services/endpoints: the inputs of the last sync per service port.
+    owners: container -> element key -> the service port(s) that want it.
+    shared: how many service ports use each shared chain (lb-N, ...).
+    kept: the pieces that have chains or sets of their own (the chains to
+    delete on a full resync); every other piece is rendered again on demand.
+    """
+
+    def __init__(self, node: ProxyNode, layout: str):
+        self.node, self.layout = node, check_layout(layout)
+        self.services: dict[ServicePortName, ServicePort] = {}
+        self.endpoints: dict[ServicePortName, tuple[Endpoint, ...]] = {}
+        self.owners: dict[str, Owners] = {c: {} for c in containers(layout)}
+        self.shared: Counter[str] = Counter()
+        self.kept: dict[ServicePortName, Piece] = {}
+
+    # ---- bookkeeping ----------------------------------------------------------
+
+    def piece(self, name: ServicePortName) -> Piece:
+        """What name's service port wrote (rendered again from its inputs)."""
+        kept = self.kept.get(name)
+        if kept is not None:
+            return kept
+        return render_piece(self.node, self.services[name], self.endpoints.get(name, ()), self.layout)
+
+    def chains(self) -> set[str]:
+        return {c for p in self.kept.values() for c in p.chains} | set(self.shared)
+
+    def sets(self) -> dict[str, str]:
+        return {s: d for p in self.kept.values() for s, d in p.sets.items()}
+
+    def _add(self, name: ServicePortName, piece: Piece, items: dict[str, list[str]] | None = None) -> None:
+        """Record piece as name's; items: element texts to write, per container
+        (only the elements no earlier service port owns)."""
+        self.services[name], self.endpoints[name] = piece.service, piece.endpoints
+        if piece.chains or piece.sets:
+            self.kept[name] = piece
+        for (container, key), value in piece.elements.items():
+            owners = self.owners[container]
+            if key not in owners:
+                owners[key] = name
+                if items is not None:
+                    items[container].append(key + value)
+            else:
+                _co_own(owners, key, name)
+        self.shared.update(piece.shared)
+
+    def _remove(self, name: ServicePortName) -> None:
+        piece = self.piece(name)
+        del self.services[name]
+        self.endpoints.pop(name, None)
+        self.kept.pop(name, None)
+        for container, key in piece.elements:
+            _disown(self.owners[container], key, name)
+        self.shared.subtract(piece.shared)
+        self.shared = +self.shared       # drops the chains no piece uses
+
+    def apply(self, updates: Mapping[ServicePortName, Piece | None]) -> None:
+        """Record that partial_text(updates) is in the kernel."""
+        for name, piece in updates.items():
+            if name in self.services:
+                self._remove(name)
+            if piece is not None:
+                self._add(name, piece)
+
+    # ---- full sync ------------------------------------------------------------
+
+    def fill(self, state: ProxyState) -> dict[str, list[str]]:
+        """Record every service port of state (self must be empty); the element
+        texts of the table, per container, in service port order."""
+        items: dict[str, list[str]] = {c: [] for c in self.owners}
+        endpoints = state.endpoints
+        # copies, not comprehensions: a dict copy reuses the keys' hashes
+        # (ServicePortName's __hash__ is Python code, ~1 us a call)
+        self.services, self.endpoints = dict(state.services), dict(endpoints)
+        fast = self.layout == "maps"
+        own_cluster_ips, cluster_ips = self.owners[CLUSTER_IPS], items[CLUSTER_IPS]
+        if fast:
+            own_hairpin, hairpin = self.owners[HAIRPIN_ENDPOINTS], items[HAIRPIN_ENDPOINTS]
+        lb_users: Counter[str] = Counter()      # shared chain -> service ports using it
+        # per protocol, where a ClusterIP and a NodePort are written: the
+        # dispatch map's owners and texts, the shared chain's prefix, the slot
+        # map's owners and texts
+        routes = {proto: tuple((self.owners[dispatch], items[dispatch], chain,
+                                self.owners[endpoints_map(slots, proto)], items[endpoints_map(slots, proto)])
+                               for dispatch, chain, slots in ((SERVICE_IPS, LB, SERVICE_ENDPOINTS),
+                                                              (SERVICE_NODEPORTS, NODEPORT_LB, NODEPORT_ENDPOINTS)))
+                  for proto in PROTOCOLS} if fast else {}
+        for name, svc in sorted(state.services.items(), key=_BY_NAME):
+            eps = endpoints.get(name, ())
+            if not (fast and eps and svc.protocol in PROTO and not svc.affinity_timeout
+                    and not svc.internal_policy_local and not svc.external_ips
+                    and not (svc.node_port and svc.external_policy_local)
+                    and all(map(_READY, eps))):
+                self._add(name, render_piece(self.node, svc, eps, self.layout), items)
+                continue
+            # the common case, as maps_piece renders it (a unit test holds them equal)
+            n = len(eps)
+            if n > 1:
+                eps = sorted(eps, key=ENDPOINT_ORDER)
+            proto = PROTO[svc.protocol]
+            ip = svc.cluster_ip
+            if ip not in own_cluster_ips:
+                own_cluster_ips[ip] = name
+                cluster_ips.append(ip)
+            elif own_cluster_ips[ip] is not name:
+                _co_own(own_cluster_ips, ip, name)
+            cluster_ip, node_port = routes[proto]
+            keys = ((f"{ip} . {proto} . {svc.port}", cluster_ip),)
+            if svc.node_port:
+                keys += ((f"{proto} . {svc.node_port}", node_port),)
+            for key, (own_dispatch, dispatch_items, chain, own_slots, slots) in keys:
+                if key not in own_dispatch:
+                    own_dispatch[key] = name
+                    dispatch_items.append(f"{key} : goto {chain}{n}")
+                else:
+                    _co_own(own_dispatch, key, name)
+                lb_users[f"{chain}{n}"] += 1
+                for i, ep in enumerate(eps):
+                    slot = f"{key} . {i}"
+                    if slot not in own_slots:
+                        own_slots[slot] = name
+                        slots.append(f"{slot} : {ep.ip} . {ep.port}")
+                    else:
+                        _co_own(own_slots, slot, name)
+                    pair = f"{ep.ip} . {ep.ip}"
+                    if pair not in own_hairpin:
+                        own_hairpin[pair] = name
+                        hairpin.append(pair)
+                    elif own_hairpin[pair] is not name:
+                        _co_own(own_hairpin, pair, name)
+        self.shared.update(lb_users)
+        return items
+
+    def full_text(self, items: Mapping[str, list[str]], previous: "Written | None") -> tuple[str, int]:
+        """The whole table: recreated (previous None: a first sync or one
+        after a failure), or flushed and refilled, which keeps the affinity
+        sets that are still wanted (their entries are the clients' pins)."""
+        kinds = containers(self.layout)
+        sets = self.sets()
+        lines = [f"add table {T}"]
+        if previous is None:
+            lines.append(f"delete table {T}")
+        else:
+            lines.append(f"flush table {T}")
+            lines += [f"flush {kind} {T} {c}" for c, (kind, _) in kinds.items()]
+            lines += [f"delete chain {T} {c}" for c in sorted(previous.chains() - self.chains())]
+            old_sets = previous.sets()
+            lines += [f"delete set {T} {s}" for s in sorted(old_sets) if sets.get(s) != old_sets[s]]
+        lines.append(f"table {T} {{")
+        lines.append(f"\tcomment {quote('rules for kube-proxy')}")
+        if previous is None:
+            # typeof maps cannot be declared again over an existing one (nft 1.0.6)
+            lines += [f"\t{kind} {c} {{ {decl} }}" for c, (kind, decl) in kinds.items()]
+        lines += [f"\tset {s} {{ {d} }}" for s, d in sorted(sets.items())]
+        chains = skeleton_chains(self.node, self.layout)
+        for c in sorted(self.shared):
+            chains[c] = shared_chain_rules(c)
+        for name in sorted(self.kept, key=NAME_ORDER):
+            chains.update(self.kept[name].chains)
+        size = 0
+        for c, rules in chains.items():
+            lines.append(f"\tchain {c} {{")
+            lines += [f"\t\t{r}" for r in rules]
+            lines.append("\t}")
+            size += len(rules)
+        lines.append("}")
+        all_items = {**items, NODEPORT_IPS: list(self.node.node_ips)}     # no service port owns these
+        lines += _element_lines("add", all_items)
+        return "\n".join(lines) + "\n", size + sum(map(len, all_items.values()))
+
+    # ---- partial sync ---------------------------------------------------------
+
+    def partial_text(self, updates: Mapping[ServicePortName, Piece | None]) -> tuple[str, int]:
+        """Only what the updated service ports change: their elements, chains
+        and sets. Costs what changed, never what exists. self is unchanged
+        until apply()."""
+        old = {n: self.piece(n) for n in updates if n in self.services}
+        new = {n: p for n, p in updates.items() if p is not None}
+        unchanged: dict[ServicePortName, Piece] = {}     # co-owners rendered again, once each
+
+        def value(owner: ServicePortName, ck: tuple[str, str], pieces: Mapping[ServicePortName, Piece]) -> str:
+            if owner in updates:
+                return pieces[owner].elements[ck]
+            if owner not in unchanged:
+                unchanged[owner] = self.piece(owner)
+            return unchanged[owner].elements[ck]
+
+        deleted: dict[str, list[str]] = {}
+        added: dict[str, list[str]] = {}
+        for ck in sorted({ck for p in (*old.values(), *new.values()) for ck in p.elements}):
+            container, key = ck
+            owners = _owner_list(self.owners[container], key)
+            after = sorted([o for o in owners if o not in updates] + [n for n, p in new.items() if ck in p.elements])
+            if owners and after and owners[0] == after[0] and owners[0] not in updates:
+                continue        # another service port's element, and it stays so
+            before_value = value(owners[0], ck, old) if owners else None
+            now_value = value(after[0], ck, new) if after else None
+            if before_value is not None and before_value != now_value:
+                deleted.setdefault(container, []).append(key)
+            if now_value is not None and now_value != before_value:
+                added.setdefault(container, []).append(key + now_value)
+
+        delta: Counter[str] = Counter()
+        for p in old.values():
+            delta.subtract(p.shared)
+        for p in new.values():
+            delta.update(p.shared)
+        gone_shared = {c for c, d in delta.items() if d and self.shared[c] and not self.shared[c] + d}
+        born_shared = {c for c, d in delta.items() if d and not self.shared[c] and self.shared[c] + d}
+
+        old_chains = {c for p in old.values() for c in p.chains}
+        new_chains = {c: r for p in new.values() for c, r in p.chains.items()}
+        old_sets = {s: d for p in old.values() for s, d in p.sets.items()}
+        new_sets = {s: d for p in new.values() for s, d in p.sets.items()}
+
+        # order matters: nothing may point at a chain or set being deleted
+        lines = _element_lines("delete", deleted)
+        lines += [f"flush chain {T} {c}" for c in sorted(old_chains | gone_shared)]
+        lines += [f"delete chain {T} {c}" for c in sorted((old_chains - new_chains.keys()) | gone_shared)]
+        lines += [f"delete set {T} {s}" for s in sorted(old_sets) if new_sets.get(s) != old_sets[s]]
+        lines += [f"add set {T} {s} {{ {d} }}" for s, d in sorted(new_sets.items()) if old_sets.get(s) != d]
+        born = sorted((new_chains.keys() - old_chains) | born_shared)
+        lines += [f"add chain {T} {c}" for c in born]
+        rules = {**{c: shared_chain_rules(c) for c in sorted(born_shared)}, **new_chains}
+        lines += [f"add rule {T} {c} {r}" for c, rs in rules.items() for r in rs]
+        lines += _element_lines("add", added)
+        size = sum(len(rs) for rs in rules.values()) + sum(map(len, deleted.values())) + \
+            sum(map(len, added.values()))
+        return ("\n".join(lines) + "\n" if lines else ""), size
+
+
+def full_sync(node: ProxyNode, state: ProxyState, layout: str,
+              previous: Written | None = None) -> tuple[Written, str, int]:
+    """The record of state and the batch that replaces the table with it
+    (recreating it when previous is None); the size counts rules and elements."""
+    written = Written(node, layout)
+    items = written.fill(state)
+    text, size = written.full_text(items, previous)
+    return written, text, size
+
+
+def render_full(node: ProxyNode, state: ProxyState, layout: str = "kube-proxy") -> str:
+    """The whole table for state, as one `nft -f` batch that replaces it."""
+    return full_sync(node, state, layout)[1]
+
+
+def render_pieces(node: ProxyNode, state: ProxyState, layout: str,
+                  only: Iterable[ServicePortName] | None = None) -> dict[ServicePortName, Piece | None]:
+    """Pieces of the given service ports (all when only is None); None for a removed one."""
+    wanted = state.services.keys() if only is None else only
+    return {n: (render_piece(node, state.services[n], state.endpoints_of(n), layout)
+                if n in state.services else None) for n in sorted(wanted, key=NAME_ORDER)}
