@@ -19,7 +19,7 @@ import time
 
 from . import engine, state, views
 from .engine import LabError
-from .model import ModelError
+from .model import ModelError, manifest_warnings
 from .progress import Progress
 
 DEFAULT_NAMESPACE = "default"   # kubectl's, without a kubeconfig context
@@ -176,6 +176,8 @@ def cmd_get(a) -> int:
 def cmd_apply(a) -> int:
     lab = engine.resolve_lab(a.lab)
     objects = engine.apply(lab, a.filename, timeout=a.timeout, progress=Progress(enabled=not a.quiet))
+    for w in manifest_warnings(objects):  # accepted, as the API server accepts it, but said
+        print(f"Warning: {w}", file=sys.stderr)
     for o in objects:
         print(f"{o.kind.lower()}/{o.name} configured")
     return 0

@@ -121,7 +121,8 @@ spec:
 
 def lab_file(tmp_path, mode: str) -> str:
     text = open(TWO_NODE).read().replace("proxyMode: iptables", f"proxyMode: {mode}")
-    text = text.replace("- workloads/echo.yaml", f"- {os.path.dirname(TWO_NODE)}/workloads/echo.yaml")
+    text = text.replace("    - workloads/echo-service.yaml\n", "")  # this module applies its own Services
+    text = text.replace("- workloads/", f"- {os.path.dirname(TWO_NODE)}/workloads/")
     path = tmp_path / f"lab-{mode}.yaml"
     path.write_text(text)
     return str(path)
@@ -294,3 +295,34 @@ def test_up_with_another_proxy_mode_switches_and_removes_the_old_rules(tmp_path)
     finally:
         lab.down()
     assert lab_leftovers(lab.name) == []
+
+
+BAD_NODE_PORT = """
+apiVersion: v1
+kind: Service
+metadata: {name: bad-np}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080, nodePort: 20000}]
+"""
+
+TAKEN_CLUSTER_IP = """
+apiVersion: v1
+kind: Service
+metadata: {name: bad-ip}
+spec:
+  clusterIP: %s
+  ports: [{port: 80}]
+"""
+
+
+def test_bad_service_input_names_the_field_and_changes_nothing(lab):
+    before = kn("get", "svc", "-A", "-o", "json", "--lab", lab.name).stdout
+    taken = svc(lab, "echo")["spec"]["clusterIP"]
+    for text, words in ((BAD_NODE_PORT, ["spec.ports[0].nodePort", "30000-32767"]),
+                        (TAKEN_CLUSTER_IP % taken, ["spec.clusterIP", taken, "echo"])):
+        out = kn("apply", "-f", manifest(lab.tmp, "bad.yaml", text), "--lab", lab.name, check=False)
+        assert out.returncode == 2 and "nothing was created or changed" in out.stderr
+        assert all(w in out.stderr for w in words), out.stderr
+    assert kn("get", "svc", "-A", "-o", "json", "--lab", lab.name).stdout == before
