@@ -64,6 +64,7 @@ def open_lab(name: str):
 
 def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: Progress | None = None) -> Lab:
     lab = load_lab(path, name=name)   # ModelError before anything is created
+    _check_kernel(lab)
     progress = progress or Progress(enabled=False)
     paths = state.LabPaths(lab.name)
     os.makedirs(paths.dir, exist_ok=True)
@@ -108,6 +109,19 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
             start_agent(paths, lab, node.name)
     wait_ready(store, paths, lab, timeout, progress)
     return lab
+
+
+def _check_kernel(lab: Lab) -> None:
+    """What the lab needs of the host's kernel, said before anything is created."""
+    if lab.proxy_mode == "ipvs":
+        try:
+            subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True)  # as kube-proxy loads it
+        except FileNotFoundError:
+            pass  # no kmod: only a module already loaded (or built in) counts
+        if not os.path.exists("/proc/net/ip_vs"):
+            raise LabError(f"{lab.source}: spec.proxyMode: ipvs needs IPVS in the kernel, and this one has none "
+                           "(no /proc/net/ip_vs after modprobe ip_vs); use proxyMode: iptables or nftables here. "
+                           "tests/kernel/ runs the IPVS mode under Debian's kernel in qemu")
 
 
 def _check_compatible(old: Lab, new: Lab) -> None:

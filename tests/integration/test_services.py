@@ -326,3 +326,11 @@ def test_bad_service_input_names_the_field_and_changes_nothing(lab):
         assert out.returncode == 2 and "nothing was created or changed" in out.stderr
         assert all(w in out.stderr for w in words), out.stderr
     assert kn("get", "svc", "-A", "-o", "json", "--lab", lab.name).stdout == before
+
+
+@pytest.mark.skipif(os.path.exists("/proc/net/ip_vs"), reason="this kernel has IPVS: tests/kernel covers the mode")
+def test_ipvs_mode_on_a_kernel_without_ipvs_is_refused_before_anything_is_created(tmp_path):
+    lab = Lab(lab_file(tmp_path, "ipvs"))
+    out = lab.up(check=False)
+    assert out.returncode == 1 and "spec.proxyMode" in out.stderr and "iptables or nftables" in out.stderr
+    assert lab_leftovers(lab.name) == []
