@@ -27,11 +27,8 @@ NAME_ORDER = attrgetter("namespace", "name", "port")
 ENDPOINT_ORDER = attrgetter("ip", "port")       # categorize()'s order
 _READY = attrgetter("ready")
 
-
-def _BY_NAME(item: tuple[ServicePortName, ServicePort]) -> tuple[str, str, str]:
-    return NAME_ORDER(item[0])
-
 PROTO = {"TCP": "tcp", "UDP": "udp"}
+_SETS = {c for c, (kind, _) in containers("maps").items() if kind == "set"}
 
 Owners = dict[str, "ServicePortName | list[ServicePortName]"]   # key -> its owner, or its owners sorted
 
@@ -65,6 +62,43 @@ def _owner_list(owners: Owners, key: str) -> list[ServicePortName]:
 
 def _element_lines(verb: str, items: Mapping[str, list[str]]) -> list[str]:
     return [f"{verb} element {T} {c} {{ {', '.join(items[c])} }}" for c in sorted(items) if items[c]]
+
+
+class _Claims:
+    """The elements a full sync's service ports want in one container, as
+    parallel lists: key, its text (key + value; the key itself in a set), who."""
+
+    def __init__(self, is_set: bool):
+        self.keys: list[str] = []
+        self.names: list[ServicePortName] = []
+        self.texts = self.keys if is_set else []
+
+    def lists(self) -> tuple[list, list, list]:
+        return self.keys, self.texts, self.names
+
+    def claim(self, key: str, value: str, name: ServicePortName) -> None:
+        self.keys.append(key)
+        if self.texts is not self.keys:
+            self.texts.append(key + value)
+        self.names.append(name)
+
+    def settle(self) -> tuple[Owners, list[str]]:
+        """The owners of each key and the texts to write: one per key, the
+        first (smallest) owner's."""
+        owners: Owners = dict(zip(self.keys, self.names))
+        if len(owners) == len(self.keys):
+            return owners, self.texts          # no key claimed twice: the common case
+        owners, texts = {}, {}
+        for key, text, name in zip(self.keys, self.texts, self.names):
+            held = owners.get(key)
+            if held is None:
+                owners[key], texts[key] = name, text
+            else:
+                first = held[0] if isinstance(held, list) else held
+                _co_own(owners, key, name)
+                if name < first:
+                    texts[key] = text
+        return owners, list(texts.values())
 
 
 class Written:
@@ -101,20 +135,20 @@ class Written:
     def sets(self) -> dict[str, str]:
         return {s: d for p in self.kept.values() for s, d in p.sets.items()}
 
-    def _add(self, name: ServicePortName, piece: Piece, items: dict[str, list[str]] | None = None) -> None:
-        """Record piece as name's; items: element texts to write, per container
-        (only the elements no earlier service port owns)."""
+    def _add(self, name: ServicePortName, piece: Piece) -> None:
+        """Record piece as name's (a partial sync)."""
         self.services[name], self.endpoints[name] = piece.service, piece.endpoints
-        if piece.chains or piece.sets:
-            self.kept[name] = piece
+        self._keep(name, piece)
         for (container, key), value in piece.elements.items():
             owners = self.owners[container]
             if key not in owners:
                 owners[key] = name
-                if items is not None:
-                    items[container].append(key + value)
             else:
                 _co_own(owners, key, name)
+
+    def _keep(self, name: ServicePortName, piece: Piece) -> None:
+        if piece.chains or piece.sets:
+            self.kept[name] = piece
         self.shared.update(piece.shared)
 
     def _remove(self, name: ServicePortName) -> None:
@@ -139,69 +173,67 @@ class Written:
 
     def fill(self, state: ProxyState) -> dict[str, list[str]]:
         """Record every service port of state (self must be empty); the element
-        texts of the table, per container, in service port order."""
-        items: dict[str, list[str]] = {c: [] for c in self.owners}
+        texts of the table, per container.
+
+        The loop only appends claims (key, text, service port) to flat lists;
+        who owns what is settled after it, in C (dict(zip(...))), and by a
+        loop only for a container where two service ports claim one key."""
+        claims = {c: _Claims(c in _SETS) for c in self.owners}
         endpoints = state.endpoints
         # copies, not comprehensions: a dict copy reuses the keys' hashes
         # (ServicePortName's __hash__ is Python code, ~1 us a call)
         self.services, self.endpoints = dict(state.services), dict(endpoints)
         fast = self.layout == "maps"
-        own_cluster_ips, cluster_ips = self.owners[CLUSTER_IPS], items[CLUSTER_IPS]
+        cluster_ips, cluster_ip_names = claims[CLUSTER_IPS].keys, claims[CLUSTER_IPS].names
         if fast:
-            own_hairpin, hairpin = self.owners[HAIRPIN_ENDPOINTS], items[HAIRPIN_ENDPOINTS]
-        lb_users: Counter[str] = Counter()      # shared chain -> service ports using it
+            hairpin, hairpin_names = claims[HAIRPIN_ENDPOINTS].keys, claims[HAIRPIN_ENDPOINTS].names
+        lb_users: dict[str, Counter[int]] = {LB: Counter(), NODEPORT_LB: Counter()}  # chain -> N -> users
         # per protocol, where a ClusterIP and a NodePort are written: the
-        # dispatch map's owners and texts, the shared chain's prefix, the slot
-        # map's owners and texts
-        routes = {proto: tuple((self.owners[dispatch], items[dispatch], chain,
-                                self.owners[endpoints_map(slots, proto)], items[endpoints_map(slots, proto)])
+        # dispatch map's claims, the shared chain's prefix and users, the slot map's claims
+        routes = {proto: tuple(claims[dispatch].lists() + (chain, lb_users[chain])
+                               + claims[endpoints_map(slots, proto)].lists()
                                for dispatch, chain, slots in ((SERVICE_IPS, LB, SERVICE_ENDPOINTS),
                                                               (SERVICE_NODEPORTS, NODEPORT_LB, NODEPORT_ENDPOINTS)))
                   for proto in PROTOCOLS} if fast else {}
-        for name, svc in sorted(state.services.items(), key=_BY_NAME):
+        for name, svc in state.services.items():
             eps = endpoints.get(name, ())
             if not (fast and eps and svc.protocol in PROTO and not svc.affinity_timeout
                     and not svc.internal_policy_local and not svc.external_ips
                     and not (svc.node_port and svc.external_policy_local)
                     and all(map(_READY, eps))):
-                self._add(name, render_piece(self.node, svc, eps, self.layout), items)
+                piece = render_piece(self.node, svc, eps, self.layout)
+                self._keep(name, piece)
+                for (container, key), value in piece.elements.items():
+                    claims[container].claim(key, value, name)
                 continue
             # the common case, as maps_piece renders it (a unit test holds them equal)
             n = len(eps)
             if n > 1:
                 eps = sorted(eps, key=ENDPOINT_ORDER)
             proto = PROTO[svc.protocol]
-            ip = svc.cluster_ip
-            if ip not in own_cluster_ips:
-                own_cluster_ips[ip] = name
-                cluster_ips.append(ip)
-            elif own_cluster_ips[ip] is not name:
-                _co_own(own_cluster_ips, ip, name)
+            cluster_ips.append(svc.cluster_ip)
+            cluster_ip_names.append(name)
             cluster_ip, node_port = routes[proto]
-            keys = ((f"{ip} . {proto} . {svc.port}", cluster_ip),)
+            keys = ((f"{svc.cluster_ip} . {proto} . {svc.port}", cluster_ip),)
             if svc.node_port:
                 keys += ((f"{proto} . {svc.node_port}", node_port),)
-            for key, (own_dispatch, dispatch_items, chain, own_slots, slots) in keys:
-                if key not in own_dispatch:
-                    own_dispatch[key] = name
-                    dispatch_items.append(f"{key} : goto {chain}{n}")
-                else:
-                    _co_own(own_dispatch, key, name)
-                lb_users[f"{chain}{n}"] += 1
+            for key, (keys_, texts, names, chain, users, slot_keys, slot_texts, slot_names) in keys:
+                keys_.append(key)
+                texts.append(f"{key} : goto {chain}{n}")
+                names.append(name)
+                users[n] += 1
                 for i, ep in enumerate(eps):
                     slot = f"{key} . {i}"
-                    if slot not in own_slots:
-                        own_slots[slot] = name
-                        slots.append(f"{slot} : {ep.ip} . {ep.port}")
-                    else:
-                        _co_own(own_slots, slot, name)
-                    pair = f"{ep.ip} . {ep.ip}"
-                    if pair not in own_hairpin:
-                        own_hairpin[pair] = name
-                        hairpin.append(pair)
-                    elif own_hairpin[pair] is not name:
-                        _co_own(own_hairpin, pair, name)
-        self.shared.update(lb_users)
+                    slot_keys.append(slot)
+                    slot_texts.append(f"{slot} : {ep.ip} . {ep.port}")
+                    slot_names.append(name)
+            for ep in eps:
+                hairpin.append(f"{ep.ip} . {ep.ip}")
+                hairpin_names.append(name)
+        self.shared.update({f"{chain}{n}": k for chain, users in lb_users.items() for n, k in users.items()})
+        items = {}
+        for container, claimed in claims.items():
+            self.owners[container], items[container] = claimed.settle()
         return items
 
     def full_text(self, items: Mapping[str, list[str]], previous: "Written | None") -> tuple[str, int]:
