@@ -7,6 +7,7 @@ Headless and ExternalName Services never reach a proxy (DNS serves them).
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
@@ -91,6 +92,24 @@ class ProxyNode:
     @property
     def mark(self) -> str:
         return f"{self.masquerade_mark:#x}"
+
+
+def check_node(node: ProxyNode) -> ProxyNode:
+    """Refuse a node the rules cannot be written for, naming the field and the fix."""
+    try:
+        ipaddress.ip_network(node.cluster_cidr, strict=False)
+    except ValueError:
+        raise ValueError(f"ProxyNode.cluster_cidr={node.cluster_cidr!r} is not a CIDR; "
+                         "give the lab-wide pod CIDR, e.g. 10.244.0.0/16") from None
+    for ip in node.node_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"ProxyNode.node_ips has {ip!r}, not an IP address; "
+                             "give the node's addresses, e.g. ('192.168.56.11',)") from None
+    if not 0 < node.masquerade_mark < 2 ** 32:
+        raise ValueError(f"ProxyNode.masquerade_mark={node.masquerade_mark!r}: give one bit, e.g. 0x4000")
+    return node
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ are no longer used.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
 
-from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult
+from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult, check_node
 
 from . import backend as be
 from . import names as n
@@ -25,24 +24,6 @@ log = logging.getLogger("netlab.proxy")
 
 TCP_LIBERAL_SYSCTL = "net/netfilter/nf_conntrack_tcp_be_liberal"
 _FAILED_LINE = re.compile(r"line:? (\d+) failed|Error occurred at line:? (\d+)")
-
-
-def check_node(node: ProxyNode) -> ProxyNode:
-    """Refuse a node the rules cannot be written for, naming the field and the fix."""
-    try:
-        ipaddress.ip_network(node.cluster_cidr, strict=False)
-    except ValueError:
-        raise ValueError(f"ProxyNode.cluster_cidr={node.cluster_cidr!r} is not a CIDR; "
-                         "give the lab-wide pod CIDR, e.g. 10.244.0.0/16") from None
-    for ip in node.node_ips:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise ValueError(f"ProxyNode.node_ips has {ip!r}, not an IP address; "
-                             "give the node's addresses, e.g. ('192.168.56.11',)") from None
-    if not 0 < node.masquerade_mark < 2 ** 32:
-        raise ValueError(f"ProxyNode.masquerade_mark={node.masquerade_mark!r}: give one bit, e.g. 0x4000")
-    return node
 
 
 def _context(text: str, stderr: str, around: int = 2) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy.iptables.proxier import check_node  # noqa: F401  (one check of ProxyNode for every mode)
+from proxy.types import check_node  # noqa: F401  (one check of ProxyNode for every mode)
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePortName, categorize
 
 DUMMY_DEVICE = "kube-ipvs0"          # kube-proxy's defaultDummyDevice

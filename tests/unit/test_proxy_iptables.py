@@ -11,7 +11,8 @@ import pytest
 
 from proxy.iptables import backend as be
 from proxy.iptables import names as n
-from proxy.iptables.proxier import check_node, cleanup_text
+from proxy.iptables.proxier import cleanup_text
+from proxy.types import check_node
 from proxy.iptables.render import JUMP_RULES, render
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
 
