@@ -21,8 +21,9 @@ def kn(*args, check=True, timeout=180, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def items(lab: str, what: str) -> list[dict]:
-    return json.loads(kn("get", what, "-A", "-o", "json", "--lab", lab).stdout)["items"]
+def items(lab: str, what: str, *scope: str) -> list[dict]:
+    """`get WHAT -o json` items, Kubernetes-shaped; every namespace unless scope says (-n NS)."""
+    return json.loads(kn("get", what, *(scope or ("-A",)), "-o", "json", "--lab", lab).stdout)["items"]
 
 
 def in_pod(lab, pod, *cmd, check=True):
