@@ -66,12 +66,15 @@ def _element_lines(verb: str, items: Mapping[str, list[str]]) -> list[str]:
 
 class _Claims:
     """The elements a full sync's service ports want in one container, as
-    parallel lists: key, its text (key + value; the key itself in a set), who."""
+    parallel lists: key, its text (key + value; the key itself in a set), who.
+    runs: slots of the common case, whose texts are in texts but whose keys
+    ("K . 0" .. "K . n-1") are made only when settled."""
 
     def __init__(self, is_set: bool):
         self.keys: list[str] = []
         self.names: list[ServicePortName] = []
         self.texts = self.keys if is_set else []
+        self.runs: list[tuple[str, int, ServicePortName]] = []      # (K, n, who)
 
     def lists(self) -> tuple[list, list, list]:
         return self.keys, self.texts, self.names
@@ -82,14 +85,28 @@ class _Claims:
             self.texts.append(key + value)
         self.names.append(name)
 
+    def texts_if_unclaimed_twice(self) -> list[str] | None:
+        """The texts to write, or None when two service ports claim one map key
+        (then only settle() knows whose value wins). A set's element has no
+        value: any owner writes the same."""
+        if self.texts is self.keys:
+            return list(dict.fromkeys(self.keys))
+        return self.texts if len(set(self.keys)) == len(self.keys) else None
+
     def settle(self) -> tuple[Owners, list[str]]:
         """The owners of each key and the texts to write: one per key, the
         first (smallest) owner's."""
-        owners: Owners = dict(zip(self.keys, self.names))
-        if len(owners) == len(self.keys):
+        keys, names = self.keys, self.names
+        if self.runs:
+            keys = keys + [f"{key} . {i}" for key, n, _ in self.runs for i in range(n)]
+            names = names + [name for _, n, name in self.runs for _ in range(n)]
+        owners: Owners = dict(zip(keys, names))
+        if len(owners) == len(keys):
             return owners, self.texts          # no key claimed twice: the common case
+        # runs are made only when no map key is claimed twice (Written.render),
+        # so here keys and texts are parallel
         owners, texts = {}, {}
-        for key, text, name in zip(self.keys, self.texts, self.names):
+        for key, text, name in zip(keys, self.texts, names):
             held = owners.get(key)
             if held is None:
                 owners[key], texts[key] = name, text
@@ -119,6 +136,7 @@ class Written:
         self.owners: dict[str, Owners] = {c: {} for c in containers(layout)}
         self.shared: Counter[str] = Counter()
         self.kept: dict[ServicePortName, Piece] = {}
+        self._claims: dict[str, _Claims] | None = None      # rendered, owners not yet settled
 
     # ---- bookkeeping ----------------------------------------------------------
 
@@ -171,14 +189,37 @@ class Written:
 
     # ---- full sync ------------------------------------------------------------
 
-    def fill(self, state: ProxyState) -> dict[str, list[str]]:
-        """Record every service port of state (self must be empty); the element
-        texts of the table, per container.
+    def render(self, state: ProxyState) -> dict[str, list[str]]:
+        """Record every service port of state (self must be empty) but for the
+        element owners, which settle() adds (the proxier calls it while nft
+        loads the batch); the element texts of the table, per container."""
+        claims = self._claim(state, runs=True)
+        items = {c: claimed.texts_if_unclaimed_twice() for c, claimed in claims.items()}
+        if None not in items.values():
+            self._claims = claims
+            return items
+        # two service ports claim one ClusterIP:port (a misconfiguration):
+        # whose slots win needs every key, now
+        self._claims = self._claim(state, runs=False)
+        return self.settle()
 
-        The loop only appends claims (key, text, service port) to flat lists;
-        who owns what is settled after it, in C (dict(zip(...))), and by a
-        loop only for a container where two service ports claim one key."""
+    def settle(self) -> dict[str, list[str]]:
+        """Complete the record: the owners of every element. Returns the texts."""
+        items = {}
+        for container, claimed in (self._claims or {}).items():
+            self.owners[container], items[container] = claimed.settle()
+        self._claims = None
+        return items
+
+    def _claim(self, state: ProxyState, runs: bool) -> dict[str, _Claims]:
+        """What every service port of state claims, per container. runs: the
+        common case's slots as runs (their keys made in settle()).
+
+        The loop only appends to flat lists; who owns what is settled after
+        it, in C (dict(zip(...))), and by a loop only for a container where
+        two service ports claim one key."""
         claims = {c: _Claims(c in _SETS) for c in self.owners}
+        self.kept, self.shared = {}, Counter()
         endpoints = state.endpoints
         # copies, not comprehensions: a dict copy reuses the keys' hashes
         # (ServicePortName's __hash__ is Python code, ~1 us a call)
@@ -191,7 +232,7 @@ class Written:
         # per protocol, where a ClusterIP and a NodePort are written: the
         # dispatch map's claims, the shared chain's prefix and users, the slot map's claims
         routes = {proto: tuple(claims[dispatch].lists() + (chain, lb_users[chain])
-                               + claims[endpoints_map(slots, proto)].lists()
+                               + claims[endpoints_map(slots, proto)].lists() + (claims[endpoints_map(slots, proto)].runs,)
                                for dispatch, chain, slots in ((SERVICE_IPS, LB, SERVICE_ENDPOINTS),
                                                               (SERVICE_NODEPORTS, NODEPORT_LB, NODEPORT_ENDPOINTS)))
                   for proto in PROTOCOLS} if fast else {}
@@ -217,11 +258,16 @@ class Written:
             keys = ((f"{svc.cluster_ip} . {proto} . {svc.port}", cluster_ip),)
             if svc.node_port:
                 keys += ((f"{proto} . {svc.node_port}", node_port),)
-            for key, (keys_, texts, names, chain, users, slot_keys, slot_texts, slot_names) in keys:
+            for key, (keys_, texts, names, chain, users, slot_keys, slot_texts, slot_names, slot_runs) in keys:
                 keys_.append(key)
                 texts.append(f"{key} : goto {chain}{n}")
                 names.append(name)
                 users[n] += 1
+                if runs:
+                    slot_runs.append((key, n, name))
+                    for i, ep in enumerate(eps):
+                        slot_texts.append(f"{key} . {i} : {ep.ip} . {ep.port}")
+                    continue
                 for i, ep in enumerate(eps):
                     slot = f"{key} . {i}"
                     slot_keys.append(slot)
@@ -231,10 +277,7 @@ class Written:
                 hairpin.append(f"{ep.ip} . {ep.ip}")
                 hairpin_names.append(name)
         self.shared.update({f"{chain}{n}": k for chain, users in lb_users.items() for n, k in users.items()})
-        items = {}
-        for container, claimed in claims.items():
-            self.owners[container], items[container] = claimed.settle()
-        return items
+        return claims
 
     def full_text(self, items: Mapping[str, list[str]], previous: "Written | None") -> tuple[str, int]:
         """The whole table: recreated (previous None: a first sync or one
@@ -339,8 +382,8 @@ def full_sync(node: ProxyNode, state: ProxyState, layout: str,
     """The record of state and the batch that replaces the table with it
     (recreating it when previous is None); the size counts rules and elements."""
     written = Written(node, layout)
-    items = written.fill(state)
-    text, size = written.full_text(items, previous)
+    text, size = written.full_text(written.render(state), previous)
+    written.settle()
     return written, text, size
 
 

@@ -153,11 +153,17 @@ def element_items(text: str) -> set[tuple[str, str]]:
     return {(container, item) for container, items in found for item in items.split(", ")}
 
 
+def without_clash(st: ProxyState) -> ProxyState:
+    return ProxyState({n: s for n, s in st.services.items() if n.name != "clash-2"}, st.endpoints)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_full_render_equals_the_pieces_it_stands_for(layout):
+@pytest.mark.parametrize("clash", [True, False], ids=["a-vip-claimed-twice", "no-vip-claimed-twice"])
+def test_full_render_equals_the_pieces_it_stands_for(layout, clash):
     """The one-pass full render writes and records exactly what adding every
-    piece one by one (the partial-sync path) writes and records."""
-    st = varied_state()
+    piece one by one (the partial-sync path) writes and records; with a
+    ClusterIP:port claimed twice it takes its careful path."""
+    st = varied_state() if clash else without_clash(varied_state())
     fast, text, _ = full_sync(NODE, st, layout)
     one_by_one = Written(NODE, layout)
     pieces = render_pieces(NODE, st, layout)
@@ -170,6 +176,7 @@ def test_full_render_equals_the_pieces_it_stands_for(layout):
         assert "10.96.0.1 . tcp . 80 . 0 : 10.244.1.2 . 8080" in text          # sorted slots
         assert "10.96.0.5 . tcp . 80 . 0 : 10.244.1.2 . 8080" in text          # clash: the first name's
         assert "10.96.0.5 . tcp . 80 . 0 : 10.244.1.3 . 8080" not in text
+        assert text.count("10.244.1.2 . 10.244.1.2") == 1                       # a pod behind many Services
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
