@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PID, VARIANTS, guarded, loadavg, machine, median, need_root, write_json  # noqa: E402
+from common import DATE, PID, VARIANTS, guarded, loadavg, machine, median, need_root, write_json  # noqa: E402
 from lab import med_time, run, settle  # noqa: E402
 
 # bench/proxy.py (the proxier alone: the anchor), loaded by path: `import proxy` is the project's package
@@ -192,16 +192,16 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print(f"Network programming latency, {machine()}; load average at start / end: {load0} / {loadavg()}")
+    print(f"Network programming latency, {DATE}, {machine()}; load average at start / end: {load0} / {loadavg()}")
     print(f"one Service applied to a two-node lab holding {args.services}; median of {args.repeat}; seconds")
     print(f"  a kube-netlab process that does nothing (`--help`): {cli_start:.2f} s")
     print(f"{'mode':<22} | {'apply returns':>13} {'ClusterIP answers':>17} {'(min-max)':>12} | "
-          f"{'proxier change':>14} {'tool change':>11} | {'bulk apply':>10} {'programmed':>10}")
+          f"{'proxier change':>14} {'tool change':>11} {'(backend)':>16} | {'bulk apply':>10} {'programmed':>10}")
     for r, a in zip(rows, anchors):
         ans = r["answer_s"]
         print(f"{r['mode']:<22} | {median(r['apply_s']):13.2f} {median(ans):17.2f} "
               f"{f'{min(ans):.2f}-{max(ans):.2f}':>12} | {median(a['ours_change']):14.3f} "
-              f"{median(a['tool_change']):11.3f} | {r['apply_bulk_s']:10.1f} {r['bulk_programmed_s']:10.1f}")
+              f"{median(a['tool_change']):11.3f} {a['mode']:>16} | {r['apply_bulk_s']:10.1f} {r['bulk_programmed_s']:10.1f}")
     print("reference: kube-proxy, KEP-3453 (5000 nodes): network_programming_duration p50 ~5 s with minSyncPeriod 1 s")
     write_json(args.json, cli_start=cli_start, rows=rows, anchors=anchors)
     return 0
