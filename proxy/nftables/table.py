@@ -8,6 +8,10 @@ rendered from, and for each element the service port(s) that want it. It
 keeps no Piece of a common-case service: a partial sync renders the old
 piece again from the remembered inputs (rendering is pure), so the record
 costs a dict entry per element, not a dict per element.
+
+The record is finished in two steps: render() makes the text and whatever
+the text needs; settle() makes the element owners, which only a later
+partial sync reads, so the proxier runs it while nft loads the batch.
 """
 from __future__ import annotations
 
@@ -75,9 +79,6 @@ class _Claims:
         self.names: list[ServicePortName] = []
         self.texts = self.keys if is_set else []
         self.runs: list[tuple[str, int, ServicePortName]] = []      # (K, n, who)
-
-    def lists(self) -> tuple[list, list, list]:
-        return self.keys, self.texts, self.names
 
     def claim(self, key: str, value: str, name: ServicePortName) -> None:
         self.keys.append(key)
@@ -230,9 +231,8 @@ class Written:
             hairpin, hairpin_names = claims[HAIRPIN_ENDPOINTS].keys, claims[HAIRPIN_ENDPOINTS].names
         lb_users: dict[str, Counter[int]] = {LB: Counter(), NODEPORT_LB: Counter()}  # chain -> N -> users
         # per protocol, where a ClusterIP and a NodePort are written: the
-        # dispatch map's claims, the shared chain's prefix and users, the slot map's claims
-        routes = {proto: tuple(claims[dispatch].lists() + (chain, lb_users[chain])
-                               + claims[endpoints_map(slots, proto)].lists() + (claims[endpoints_map(slots, proto)].runs,)
+        # dispatch map, the shared chain (prefix, users), the slot map
+        routes = {proto: tuple((claims[dispatch], chain, lb_users[chain], claims[endpoints_map(slots, proto)])
                                for dispatch, chain, slots in ((SERVICE_IPS, LB, SERVICE_ENDPOINTS),
                                                               (SERVICE_NODEPORTS, NODEPORT_LB, NODEPORT_ENDPOINTS)))
                   for proto in PROTOCOLS} if fast else {}
@@ -258,21 +258,16 @@ class Written:
             keys = ((f"{svc.cluster_ip} . {proto} . {svc.port}", cluster_ip),)
             if svc.node_port:
                 keys += ((f"{proto} . {svc.node_port}", node_port),)
-            for key, (keys_, texts, names, chain, users, slot_keys, slot_texts, slot_names, slot_runs) in keys:
-                keys_.append(key)
-                texts.append(f"{key} : goto {chain}{n}")
-                names.append(name)
+            for key, (dispatch, chain, users, slots) in keys:
+                dispatch.claim(key, f" : goto {chain}{n}", name)
                 users[n] += 1
-                if runs:
-                    slot_runs.append((key, n, name))
+                if not runs:
                     for i, ep in enumerate(eps):
-                        slot_texts.append(f"{key} . {i} : {ep.ip} . {ep.port}")
+                        slots.claim(f"{key} . {i}", f" : {ep.ip} . {ep.port}", name)
                     continue
+                slots.runs.append((key, n, name))
                 for i, ep in enumerate(eps):
-                    slot = f"{key} . {i}"
-                    slot_keys.append(slot)
-                    slot_texts.append(f"{slot} : {ep.ip} . {ep.port}")
-                    slot_names.append(name)
+                    slots.texts.append(f"{key} . {i} : {ep.ip} . {ep.port}")
             for ep in eps:
                 hairpin.append(f"{ep.ip} . {ep.ip}")
                 hairpin_names.append(name)
