@@ -19,6 +19,8 @@ import time
 
 from . import engine, state, views
 from .engine import LabError
+from .cluster import cli as cluster_cli
+from .debug import cli as debug_cli
 from .model import ModelError, manifest_warnings
 from .progress import Progress
 
@@ -308,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="what runs and what is ready")
     lab_opt(sp)
     sp.set_defaults(func=cmd_status)
+
+    # command groups that live in their own modules, each registering its subcommands
+    for group in (debug_cli, cluster_cli):
+        group.register(sub, lab_opt)
     return p
 
 

@@ -1,0 +1,7 @@
+"""The debugging commands of kube-netlab (capture, trace, explain, logs, graph)."""
+from __future__ import annotations
+
+
+def register(sub, lab_opt) -> None:
+    """Add this group's subcommands to kube-netlab's parser (sub: argparse subparsers;
+    lab_opt(sp) adds --lab). Each subcommand's func takes the parsed args, returns the exit code."""
