@@ -9,6 +9,8 @@ APT_PACKAGES=(
   containernetworking-plugins iperf3 procps psmisc python3 python3-venv python3-pip
   ipvsadm dnsmasq-base dnsperf
   qemu-system-x86 busybox-static cpio   # the kernel-test harness (tests/kernel): IPVS and dummy need Debian's kernel
+  tshark graphviz chromium              # packet debugging: pcaps read back, graphs rendered, the HTML page screenshotted
+  etcd-server etcd-client               # the multi-machine store
 )
 
 if [ "$(id -u)" -ne 0 ]; then
