@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Iterable, Mapping
 
 from ..types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
-from .render import (CLUSTER_IPS, HAIRPIN_ENDPOINTS, LB, NODEPORT_ENDPOINTS, NODEPORT_IPS, NODEPORT_LB,
+from .render import (CLUSTER_IPS, DEFAULT_LAYOUT, HAIRPIN_ENDPOINTS, LB, NODEPORT_ENDPOINTS, NODEPORT_IPS, NODEPORT_LB,
                      PROTOCOLS, SERVICE_ENDPOINTS, SERVICE_IPS, SERVICE_NODEPORTS, T, Piece, check_layout,
                      containers, endpoints_map, quote, render_piece, shared_chain_rules, skeleton_chains)
 
@@ -382,7 +382,7 @@ def full_sync(node: ProxyNode, state: ProxyState, layout: str,
     return written, text, size
 
 
-def render_full(node: ProxyNode, state: ProxyState, layout: str = "kube-proxy") -> str:
+def render_full(node: ProxyNode, state: ProxyState, layout: str = DEFAULT_LAYOUT) -> str:
     """The whole table for state, as one `nft -f` batch that replaces it."""
     return full_sync(node, state, layout)[1]
 
