@@ -290,6 +290,9 @@ def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
     for key, pod in lab_state.pods().items():
         if pod.node_name == node:
             lab_state.delete_pod(key)
+    for s in lab_state.endpoint_slices():  # its agent is gone: nobody else would remove its endpoints
+        if s.node == node:
+            lab_state.delete_endpoint_slice(s)
     _teardown_namespaces([n for n in [*pod_netns, node_ns] if n])
     lease = find_lease(store, lab.node(node).underlay_ip)
     if lease:

@@ -281,6 +281,8 @@ def test_removing_a_node_removes_its_overlay_entries_and_reschedules_pods(lab_fa
     assert not os.path.exists(f"/run/netns/{lab.name}-{name(gone)}")
     pods = items(lab.name, "pods")
     assert pods and all(node_of(p) != name(gone) and p["status"]["phase"] == "Running" for p in pods)
+    slices = items(lab.name, "endpointslices")
+    assert slices and all(e["nodeName"] != name(gone) for s in slices for e in s["endpoints"])
 
 
 def test_a_killed_agent_restarted_converges_without_duplicates(lab_factory):
