@@ -26,7 +26,8 @@ KVM) and runs bench/ipvs_guest.py there: the IPVS proxier beside `ip -batch` +
 (so only their ratio compares with the host's figures).
 
     sudo .venv/bin/python bench/proxy.py [--sizes 1000,5000,10000]
-        [--modes iptables-legacy,iptables-nft,nftables,nftables-maps] [--changes 5] [--quick] [--ipvs 1000]
+        [--modes iptables-legacy,iptables-nft,nftables,nftables-maps] [--changes 5] [--repeat 1]
+        [--quick] [--ipvs 1000]
 """
 from __future__ import annotations
 
@@ -79,6 +80,16 @@ IPVS_MODULES = ["ip_vs", "ip_vs_rr", "dummy", "nf_conntrack", "nf_nat", "nf_tabl
                 "xt_mark", "xt_MASQUERADE", "xt_addrtype", "xt_comment", "xt_conntrack", "xt_tcpudp", "xt_set"]
 
 
+def measure_repeated(variant, n: int, changes: int, repeat: int) -> dict:
+    """measure() `repeat` times: the full syncs' medians (each run's pair kept), every change pooled."""
+    runs = [measure(variant, n, changes) for _ in range(repeat)]
+    row = {**runs[0], "full_runs": [(r["ours_full"], r["tool_full"]) for r in runs],
+           "ours_change": [x for r in runs for x in r["ours_change"]],
+           "tool_change": [x for r in runs for x in r["tool_change"]]}
+    row["ours_full"], row["tool_full"] = (median([r[k] for r in runs]) for k in ("ours_full", "tool_full"))
+    return row
+
+
 def measure_ipvs(n: int, changes: int) -> dict | str:
     """The guest's figures, or why there are none."""
     sys.path.append(os.path.join(REPO, "tests", "kernel"))
@@ -100,13 +111,17 @@ def report(rows: list[dict], skipped: list[str], args, load0: str, ipvs: dict | 
     print()
     print(f"Service proxy sync, {DATE}, {machine()}; load average at start / end: {load0} / {loadavg()}")
     print(f"N ClusterIP Services x 2 endpoints; full sync in a fresh namespace; change = add one Service, "
-          f"partial sync; median of {args.changes} changes; seconds")
+          f"partial sync; full: median of {args.repeat} run(s), change: median of {args.changes * args.repeat}; "
+          "seconds")
     print(f"{'mode':<16} {'services':>8} {'lines':>7} | {'ours full':>9} {'tool full':>9} {'x tool':>6} | "
           f"{'ours change':>11} {'tool change':>11} {'x tool':>6}")
     for r in rows:
         oc, tc = median(r["ours_change"]), median(r["tool_change"])
         print(f"{r['mode']:<16} {r['services']:>8} {r['lines']:>7} | {r['ours_full']:9.3f} {r['tool_full']:9.3f} "
               f"{r['ours_full'] / r['tool_full']:6.2f} | {oc:11.4f} {tc:11.4f} {oc / tc:6.2f}")
+        if len(r["full_runs"]) > 1:
+            ratios = sorted(o / t for o, t in r["full_runs"])
+            print(f"{'':>34}full ours / tool per run: {', '.join(f'{x:.2f}' for x in ratios)}")
     for r in rows:
         if r["mode"] == "nftables-maps" and r["services"] == TARGET_SIZE:
             ratio, change = r["ours_full"] / r["tool_full"], median(r["ours_change"])
@@ -136,6 +151,7 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=5, help="one-Service changes per size and mode; median shown")
     ap.add_argument("--nft-backend-max", type=int, default=5000,
                     help="largest size run with iptables-nft (~79 s for 10k here; default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per size and mode (fresh namespaces each)")
     ap.add_argument("--quick", action="store_true", help="sizes 1000 only, 2 changes (a smoke run)")
     ap.add_argument("--ipvs", type=int, default=0, metavar="N",
                     help="also IPVS at N Services, under Debian's kernel in qemu (slow: minutes); 0: not")
@@ -144,8 +160,8 @@ def main() -> int:
     if args.quick:
         args.sizes, args.changes = "1000", 2
     sizes, variants = parse_sizes(args.sizes), parse_variants(args.modes)
-    if args.changes < 1:
-        raise SystemExit("--changes: at least 1")
+    if args.changes < 1 or args.repeat < 1:
+        raise SystemExit("--changes and --repeat: at least 1")
     need_root("bench/proxy.py")
     load0, rows, skipped, ipvs = loadavg(), [], [], []
 
@@ -156,7 +172,7 @@ def main() -> int:
                 if variant.key == "iptables-nft" and n > args.nft_backend_max:
                     skipped.append(f"iptables-nft at {n} (above --nft-backend-max {args.nft_backend_max})")
                     continue
-                rows.append(measure(variant, n, args.changes))
+                rows.append(measure_repeated(variant, n, args.changes, args.repeat))
                 r = rows[-1]
                 print(f"  {variant.key:<16} {n:>6}: full ours {r['ours_full']:.3f} s, tool {r['tool_full']:.3f} s; "
                       f"change ours {median(r['ours_change']) * 1000:.1f} ms, "
