@@ -3,7 +3,8 @@
     kube-netlab up LAB.yaml            build (or converge) a lab, wait until it is ready
     kube-netlab down [LAB] [--all]     remove everything a lab created
     kube-netlab get RESOURCE[,RESOURCE] [NAME...] [-o wide|json|name] [-n NS | -A]
-                                       pods|po, nodes|no, services|svc, endpoints|ep, endpointslices
+                                       pods|po, nodes|no, services|svc, endpoints|ep, endpointslices, events|ev
+    kube-netlab get events [-w]        what the agents did and when (-w: as it happens)
     kube-netlab apply -f FILE          create or update Namespaces, Pods, Deployments, Services
     kube-netlab delete -f FILE         delete them again
     kube-netlab delete node NAME       take a node out of the lab
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -76,6 +78,10 @@ class LabView:
         slices = [s for s in self.state.endpoint_slices() if namespace is None or s.namespace == namespace]
         return [views.endpoint_slice_object(s, created.get(s.service_key))
                 for s in sorted(slices, key=lambda s: (s.namespace, s.name))]
+
+    def events(self, namespace: str | None = None) -> list[dict]:
+        """Oldest first, as `kubectl get events --sort-by=.lastTimestamp`: the latest is nearest the prompt."""
+        return [views.event_object(ev) for ev in self.state.events(namespace)]
 
     def objects(self, res: views.Resource, namespace: str | None) -> list[dict]:
         return getattr(self, res.name)(namespace)
@@ -172,7 +178,38 @@ def cmd_get(a) -> int:
     if a.all_namespaces and names_:
         raise LabError("a resource cannot be retrieved by name across all namespaces; use -n NAMESPACE")
     namespace = None if a.all_namespaces else (a.namespace or DEFAULT_NAMESPACE)
+    if a.watch:
+        if views.resource(what).name != "events" or names_:
+            raise LabError("-w/--watch is supported for events: kube-netlab get events -w [-n NS | -A]")
+        return _watch_events(LabView(engine.resolve_lab(a.lab)), a.output, namespace)
     return _print_get(LabView(engine.resolve_lab(a.lab)), what, a.output, namespace=namespace, names_=names_)
+
+
+def _watch_events(view: LabView, output: str | None, namespace: str | None) -> int:
+    """kubectl get events -w: the table so far, then a row per new or updated event, as the
+    agents write them (a store watch), until interrupted."""
+    res = views.resource("events")
+    all_ns = namespace is None
+    evs, revision = view.state.events_with_revision(namespace)
+    wide = output == "wide"
+
+    def show(objects: list[dict], header: bool) -> None:
+        if output == "json":
+            for o in objects:
+                print(json.dumps(o, indent=4))
+        elif output == "name":
+            for o in objects:
+                print(f"{res.name_prefix}/{o['metadata']['name']}")
+        else:
+            text = views.table(res.columns(wide, all_ns), res.rows(objects, time.time(), wide, all_ns))
+            print(text if header else text.split("\n", 1)[1])
+        sys.stdout.flush()
+
+    # the header's width is fixed by the first rows, as kubectl's watch output is
+    show([views.event_object(e) for e in evs], header=True)
+    for ev in view.state.watch_events(namespace, revision):
+        show([views.event_object(ev)], header=False)
+    return 0
 
 
 def cmd_apply(a) -> int:
@@ -277,14 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every lab")
     sp.set_defaults(func=cmd_down)
 
-    sp = sub.add_parser("get", help="list pods, nodes, services, endpoints, endpointslices",
+    sp = sub.add_parser("get", help="list pods, nodes, services, endpoints, endpointslices, events",
                         description="kubectl get: " + ", ".join(
                             f"{r.name} ({', '.join(x for x in r.aliases if '.' not in x)})" for r in views.RESOURCES))
-    sp.add_argument("what", metavar="RESOURCE", help="pods|po, nodes|no, services|svc, endpoints|ep, endpointslices")
+    sp.add_argument("what", metavar="RESOURCE",
+                    help="pods|po, nodes|no, services|svc, endpoints|ep, endpointslices, events|ev")
     sp.add_argument("names", nargs="*", metavar="NAME")
     sp.add_argument("-o", "--output", choices=["wide", "json", "name"])
     sp.add_argument("-n", "--namespace", help=f"default: {DEFAULT_NAMESPACE}")
     sp.add_argument("-A", "--all-namespaces", action="store_true")
+    sp.add_argument("-w", "--watch", action="store_true", help="events: keep printing new ones")
     lab_opt(sp)
     sp.set_defaults(func=cmd_get)
 

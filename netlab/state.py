@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 
 ROOT = os.environ.get("NETLAB_STATE_DIR", "/run/netlab")
@@ -31,6 +32,8 @@ SERVICES = "/netlab/services/"               # the CLI: <ns>/<name> -> Service.t
 ENDPOINT_SLICES = "/netlab/endpointslices/"  # each agent, its own pods: <ns>/<svc>/<slice> -> EndpointSlice
 POD_STATUS = "/netlab/status/pods/"          # the pod's agent: <ns>/<name> -> PodStatus
 NODE_STATUS = "/netlab/status/nodes/"        # the node's agent: <node> -> NodeStatus
+EVENTS = "/netlab/events/"                   # every agent: <ns>/<name> -> a v1 Event, expiring after EVENT_TTL
+EVENT_TTL = 3600.0                           # kube-apiserver's --event-ttl (1 h)
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -51,6 +54,10 @@ def pod_status_key(namespace: str, name: str) -> str:
 
 def node_status_key(node: str) -> str:
     return f"{NODE_STATUS}{node}"
+
+
+def event_key(namespace: str, name: str) -> str:
+    return f"{EVENTS}{namespace}/{name}"
 
 
 @dataclass(frozen=True)
@@ -281,6 +288,68 @@ class NodeStatus:
                    d.get("proxyMode"))
 
 
+def _event_time(t: float, micro: bool = False) -> str:
+    """metav1.Time (whole seconds) or metav1.MicroTime, as the API server writes them."""
+    stamp = datetime.fromtimestamp(t, timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_event_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
+    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """What an agent did to an object, stored as a core v1 Event (what `kubectl get events
+    -o json` prints). Repeats of the same event raise count (series) instead of adding one."""
+
+    namespace: str                         # the object's; "default" for nodes, as the kubelet writes them
+    name: str                              # <object>.<hex nanoseconds>, the kubelet's event names
+    kind: str                              # involvedObject.kind: Pod, Node, Service, EndpointSlice
+    object_name: str
+    reason: str                            # CamelCase, e.g. Started, BackOff, RulesSynced, PeerAdded
+    message: str
+    type: str = "Normal"                   # Normal | Warning
+    component: str = ""                    # source.component: kubelet, kube-proxy, flanneld...
+    host: str = ""                         # source.host: the node
+    first: float = 0.0                     # wall clock
+    last: float = 0.0
+    count: int = 1
+
+    @property
+    def namespaced_object(self) -> bool:
+        return self.kind not in ("Node",)
+
+    def to_dict(self) -> dict:
+        involved = {"kind": self.kind, "name": self.object_name, "apiVersion": "v1"}
+        if self.namespaced_object:
+            involved["namespace"] = self.namespace
+        d = {"apiVersion": "v1", "kind": "Event",
+             "metadata": {"name": self.name, "namespace": self.namespace,
+                          "creationTimestamp": _event_time(self.first)},
+             "involvedObject": involved, "reason": self.reason, "message": self.message, "type": self.type,
+             "source": {"component": self.component, "host": self.host},
+             "firstTimestamp": _event_time(self.first), "lastTimestamp": _event_time(self.last),
+             "count": self.count, "eventTime": _event_time(self.first, micro=True),
+             "reportingComponent": self.component, "reportingInstance": self.host}
+        if self.count > 1:   # sub-second precision of the last one, to line up with packet captures
+            d["series"] = {"count": self.count, "lastObservedTime": _event_time(self.last, micro=True)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EventRecord":
+        meta, involved, source = d.get("metadata", {}), d.get("involvedObject", {}), d.get("source", {})
+        first = _parse_event_time(d.get("eventTime")) or _parse_event_time(d.get("firstTimestamp")) or 0.0
+        last = (_parse_event_time((d.get("series") or {}).get("lastObservedTime"))
+                or _parse_event_time(d.get("lastTimestamp")) or first)
+        return cls(meta.get("namespace", ""), meta.get("name", ""), involved.get("kind", ""),
+                   involved.get("name", ""), d.get("reason", ""), d.get("message", ""), d.get("type", "Normal"),
+                   source.get("component", ""), source.get("host", ""), first, last, int(d.get("count") or 1))
+
+
 def _parse_slice(d, _key):
     from .model.endpoints import EndpointSlice
     return EndpointSlice.from_dict(d)
@@ -415,3 +484,25 @@ class LabState:
 
     def delete_node_status(self, node: str) -> None:
         self.store.delete(node_status_key(node))
+
+    # events (what the agents did; expire after EVENT_TTL like the API server's)
+    def put_event(self, ev: EventRecord) -> None:
+        self.store.put(event_key(ev.namespace, ev.name), dumps(ev.to_dict()), ttl=EVENT_TTL)
+
+    def events_with_revision(self, namespace: str | None = None) -> tuple[list[EventRecord], int]:
+        """Events (of one namespace, or all) oldest first, and the revision to watch from."""
+        kvs, revision = self.store.list_with_revision(EVENTS + (f"{namespace}/" if namespace else ""))
+        evs = [self._parse(kv, lambda d, _k: EventRecord.from_dict(d)) for kv in kvs]
+        return sorted(evs, key=lambda e: (e.last, e.first, e.name)), revision
+
+    def events(self, namespace: str | None = None) -> list[EventRecord]:
+        return self.events_with_revision(namespace)[0]
+
+    def watch_events(self, namespace: str | None = None, after_revision: int | None = None, *,
+                     stop=None, timeout: float | None = None):
+        """New and updated events as they are written (a store watch); expiries are not reported."""
+        prefix = EVENTS + (f"{namespace}/" if namespace else "")
+        start = None if after_revision is None else after_revision + 1
+        for e in self.store.watch(prefix, start, stop=stop, timeout=timeout):
+            if e.kv.value:
+                yield EventRecord.from_dict(json.loads(e.kv.value))

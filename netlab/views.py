@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from .model.endpoints import EndpointSlice
 from .model.scheduling import node_labels
-from .state import NodeStatus, PodStatus
+from .state import EventRecord, NodeStatus, PodStatus
 
 NONE = "<none>"
 MAX_LISTED = 3            # kubectl lists 3 endpoints/ports, then "+ N more..."
@@ -409,6 +409,37 @@ def endpoint_slice_row(obj: dict, now: float, wide: bool) -> list[str]:
             slice_endpoints_text(obj), age(obj, now)]
 
 
+# --- events --------------------------------------------------------------------------------
+
+def event_object(ev: EventRecord) -> dict:
+    """A core v1 Event (the stored record already has that shape)."""
+    return ev.to_dict()
+
+
+def event_source_text(obj: dict) -> str:
+    """SOURCE, kubectl's formatEventSource: "component, host"."""
+    source = obj.get("source") or {}
+    component = source.get("component") or obj.get("reportingComponent") or ""
+    host = source.get("host") or obj.get("reportingInstance") or ""
+    return f"{component}, {host}" if host else component
+
+
+def event_row(obj: dict, now: float, wide: bool) -> list[str]:
+    """kubectl's printEvent: LAST SEEN TYPE REASON OBJECT MESSAGE; wide adds SUBOBJECT and
+    SOURCE before MESSAGE, FIRST SEEN, COUNT and NAME after it."""
+    first = parse_rfc3339(obj.get("firstTimestamp"))
+    last = parse_rfc3339(obj.get("lastTimestamp")) or first
+    since = (lambda t: "<unknown>" if t is None else human_duration(now - t))
+    involved = obj.get("involvedObject") or {}
+    target = f"{involved.get('kind', '').lower()}/{involved['name']}" if involved.get("name") \
+        else involved.get("kind", "").lower()
+    message = (obj.get("message") or "").strip()
+    if not wide:
+        return [since(last), obj.get("type", ""), obj.get("reason", ""), target, message]
+    return [since(last), obj.get("type", ""), obj.get("reason", ""), target, involved.get("fieldPath") or "",
+            event_source_text(obj), message, since(first), str(obj.get("count") or 1), obj["metadata"]["name"]]
+
+
 # --- resources: names, aliases, columns ----------------------------------------------------
 
 @dataclass(frozen=True)
@@ -421,9 +452,13 @@ class Resource:
     wide_header: tuple[str, ...]
     row: Callable[[dict, float, bool], list[str]]
     name_prefix: str                # `-o name`: kind, lower-case, with group
+    wide_columns: tuple[str, ...] = ()   # the whole wide header, when wide inserts columns (events)
 
     def columns(self, wide: bool, all_namespaces: bool) -> list[str]:
-        cols = list(self.header) + (list(self.wide_header) if wide else [])
+        if wide and self.wide_columns:
+            cols = list(self.wide_columns)
+        else:
+            cols = list(self.header) + (list(self.wide_header) if wide else [])
         return (["NAMESPACE"] + cols) if (all_namespaces and self.namespaced) else cols
 
     def rows(self, objects: list[dict], now: float, wide: bool, all_namespaces: bool,
@@ -450,6 +485,10 @@ RESOURCES = (
                                                  "endpointslice.discovery.k8s.io"), True,
              ("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"), (), endpoint_slice_row,
              "endpointslice.discovery.k8s.io"),
+    Resource("events", "Event", ("event", "ev"), True, ("LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"), (),
+             event_row, "event",
+             ("LAST SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE", "FIRST SEEN", "COUNT",
+              "NAME")),
 )
 
 
