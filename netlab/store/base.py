@@ -32,6 +32,11 @@ class StoreBusy(StoreError):
     """The store stayed locked by other writers for longer than the timeout."""
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached (etcd down, a cut link). Callers keep what they
+    have and retry with backoff."""
+
+
 class CompactedError(StoreError):
     """The events asked for were compacted away (etcd's ErrCompacted).
 

@@ -1,27 +1,69 @@
-"""The SQLite store against the Store contract: revisions, conditional
-writes, prefixes, watch, TTL, compaction, and several processes on one file."""
+"""The Store contract: revisions, conditional writes, prefixes, watch, TTL,
+compaction. The backend-neutral tests run against SQLite and against a real
+etcd this module starts on loopback (its own ports and data dir, never the
+system's etcd); TTLs are seconds on etcd (its minimum lease is 2 s) and a fake
+clock on SQLite. Then several processes on one SQLite file."""
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import shutil
 import threading
 import time
 
 import pytest
 
+from netlab.cluster.etcd_server import EtcdServer, free_port
 from netlab.store import (
-    KV, CompactedError, EventType, SQLiteStore, Store, StoreError, open_store, prefix_end,
+    KV, CompactedError, EventType, SQLiteStore, Store, StoreError, StoreUnavailable, open_store, prefix_end,
 )
+from netlab.store.etcd import EtcdStore
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    if shutil.which("etcd") is None:
+        pytest.skip("no etcd binary (Debian's etcd-server)")
+    server = EtcdServer(str(tmp_path_factory.mktemp("etcd") / "data"), client_port=free_port(),
+                        peer_port=free_port()).start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def connect(request, tmp_path):
+    """Opens connections to one fresh store of the backend: SQLite a new file, etcd a
+    new key prefix in the module's server."""
+    if request.param == "sqlite":
+        location = str(tmp_path / "lab" / "store.db")
+    else:
+        location = f"{request.getfixturevalue('etcd').store_url}/t{next(_prefixes)}"
+    opened = []
+
+    def open_one() -> Store:
+        opened.append(open_store(location))
+        return opened[-1]
+
+    yield open_one
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path, clock):
+def store(connect):
+    return connect()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, clock):
     s = SQLiteStore(tmp_path / "lab" / "store.db", clock=clock)
     yield s
     s.close()
 
 
 def test_revisions_increase_and_kv_fields(store):
-    assert store.revision() == 0
     r1 = store.put("/a", "1")
     r2 = store.put("/b", "2")
     r3 = store.put("/a", "3")
@@ -129,12 +171,11 @@ def test_events_since_and_watch_in_order_from_a_start_revision(store):
     assert watched[1].prev_kv.value == "1"     # a DELETE says what left
     assert watched[2].prev_kv.value == "2"
     assert store.events_since("/w/", r5) == []
-    assert r2 in [e.revision for e in store.events_since("", 0)]  # only the prefix filtered it
+    assert r2 in [e.revision for e in store.events_since("", r1 - 1)]  # only the prefix filtered it
 
 
-def test_watch_sees_writes_from_another_connection(tmp_path):
-    path = tmp_path / "s.db"
-    reader, writer = SQLiteStore(path), SQLiteStore(path)
+def test_watch_sees_writes_from_another_connection(connect):
+    reader, writer = connect(), connect()
     start = reader.revision() + 1
     expected = []
 
@@ -153,8 +194,6 @@ def test_watch_sees_writes_from_another_connection(tmp_path):
             break
     t.join()
     assert seen == expected
-    reader.close()
-    writer.close()
 
 
 def test_watch_ends_on_timeout_or_stop(store):
@@ -175,7 +214,8 @@ def test_watch_without_start_revision_sees_writes_after_the_call(store):
     assert next(events).key == "/x/new"
 
 
-def test_ttl_expiry_hides_then_deletes_with_event(store, clock):
+def test_ttl_expiry_hides_then_deletes_with_event(sqlite_store, clock):
+    store = sqlite_store
     store.put("/lease/a", "v", ttl=10)
     r = store.put("/lease/b", "forever")
     assert store.get("/lease/a").ttl(clock.now) == pytest.approx(10)
@@ -194,7 +234,8 @@ def test_ttl_expiry_hides_then_deletes_with_event(store, clock):
     assert store.create("/lease/a", "w", ttl=10)
 
 
-def test_ttl_is_cleared_by_a_put_without_ttl_and_sweep_counts(store, clock):
+def test_ttl_is_cleared_by_a_put_without_ttl_and_sweep_counts(sqlite_store, clock):
+    store = sqlite_store
     store.put("/t/a", "v", ttl=5)
     store.put("/t/a", "v")
     store.put("/t/b", "v", ttl=5)
@@ -204,7 +245,8 @@ def test_ttl_is_cleared_by_a_put_without_ttl_and_sweep_counts(store, clock):
     assert [kv.key for kv in store.list("/t/")] == ["/t/a"]
 
 
-def test_expiry_comes_before_a_write_in_the_same_call(store, clock):
+def test_expiry_comes_before_a_write_in_the_same_call(sqlite_store, clock):
+    store = sqlite_store
     r = store.put("/k", "old", ttl=1)
     clock.now += 2
     assert store.compare_and_swap("/k", "new", r) == 0   # expired first, so r no longer matches
@@ -242,10 +284,95 @@ def test_data_survives_reopen(tmp_path):
         assert s.revision() == rev
 
 
-def test_open_store_rejects_etcd_until_it_exists(tmp_path):
-    with pytest.raises(StoreError, match="etcd"):
-        open_store("etcd://127.0.0.1:2379")
-    assert isinstance(open_store(tmp_path / "x.db"), Store)
+def test_open_store_picks_the_backend_from_the_location(tmp_path):
+    assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
+    s = open_store("etcd://192.0.2.1:2379/lab1")
+    assert isinstance(s, EtcdStore) and (s.host, s.port, s.prefix) == ("192.0.2.1", 2379, "/lab1")
+    assert open_store("etcd://etcd.example").port == 2379
+    with pytest.raises(StoreError, match="etcd://HOST"):
+        open_store("etcd:///nohost")
+    with pytest.raises(StoreError, match="TLS"):
+        open_store("https://192.0.2.1:2379")
+
+
+# -- etcd only: TTLs in seconds, compaction, a restart, an unreachable server ------------
+
+def test_etcd_ttl_expires_in_seconds_with_a_delete_event(etcd):
+    s = open_store(f"{etcd.store_url}/ttl{next(_prefixes)}")
+    r = s.put("/lease/a", "v", ttl=2)
+    s.put("/lease/b", "forever")
+    kv = s.get("/lease/a")
+    assert 0 < kv.ttl() <= 2 and s.get("/lease/b").ttl() is None
+    deadline = time.monotonic() + 10
+    while s.get("/lease/a") is not None:       # etcd expires leases itself, within a second or so
+        assert time.monotonic() < deadline, "a 2 s lease outlived 10 s"
+        time.sleep(0.2)
+    events = s.events_since("/lease/", r)
+    assert [(e.type, e.key) for e in events if e.key == "/lease/a"] == [(EventType.DELETE, "/lease/a")]
+    assert events[-1].prev_kv.value == "v"
+    # a TTL below etcd's minimum is raised to it, never refused
+    s.put("/lease/short", "v", ttl=0.5)
+    assert s.get("/lease/short").ttl() >= 1
+    # a put without TTL keeps the key for good (the old lease is revoked, not left to expire it)
+    s.put("/lease/c", "v", ttl=2)
+    s.put("/lease/c", "v")
+    assert s.get("/lease/c").expires_at is None
+    s.close()
+
+
+def test_etcd_compacted_history_raises_compacted_error(etcd):
+    s = open_store(f"{etcd.store_url}/cmp{next(_prefixes)}")
+    first = s.put("/c", "0")
+    for i in range(5):
+        s.put("/c", str(i + 1))
+    s.compact(s.revision() - 1)
+    with pytest.raises(CompactedError):
+        s.events_since("/c", first - 1)
+    with pytest.raises(CompactedError):
+        list(s.watch("/c", start_revision=first, timeout=0))
+    kvs, at = s.list_with_revision("/c")
+    s.put("/c", "after")
+    assert [e.kv.value for e in s.watch("/c", at + 1, timeout=0)] == ["after"]
+    s.close()
+
+
+def test_etcd_watch_survives_a_restart_from_the_revision_it_had(tmp_path):
+    server = EtcdServer(str(tmp_path / "data"), client_port=free_port(), peer_port=free_port()).start()
+    try:
+        s = open_store(server.store_url)
+        start = s.put("/r/0", "before") + 1
+        events = s.watch("/r/", start_revision=start, timeout=60)
+        s.put("/r/1", "1")
+        assert next(events).kv.value == "1"
+        server.stop()                           # the stream closes under the watch
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            s.put("/r/x", "x")
+        server.start()
+        s.put("/r/2", "2")
+        s.delete("/r/1")
+        got = [next(events) for _ in range(2)]  # nothing lost, nothing twice
+        assert [(e.type, e.key) for e in got] == [(EventType.PUT, "/r/2"), (EventType.DELETE, "/r/1")]
+        events.close()
+        s.close()
+    finally:
+        server.destroy()
+
+
+def test_etcd_unreachable_fails_fast_and_says_so():
+    s = open_store(f"etcd://127.0.0.1:{free_port()}", timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        s.get("/k")
+    assert time.monotonic() - t0 < 5
+
+
+def test_etcd_prefix_keeps_stores_apart(etcd):
+    a, b = open_store(f"{etcd.store_url}/a{next(_prefixes)}"), open_store(f"{etcd.store_url}/b{next(_prefixes)}")
+    a.put("/k", "a")
+    assert b.get("/k") is None and b.list("") == []
+    rev = b.put("/k", "b")
+    assert [e.kv.value for e in b.events_since("", rev - 5)] == ["b"]
+    assert a.get("/k").value == "a"
 
 
 # -- several processes on one file ------------------------------------------
