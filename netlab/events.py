@@ -24,9 +24,9 @@ CACHE_SIZE = 4096          # client-go's maxLruCacheEntries
 NODE_EVENT_NAMESPACE = "default"   # the kubelet records node events there
 
 
-def event_name(object_name: str, when: float) -> str:
+def event_name(object_name: str, nanos: int) -> str:
     """The kubelet's event names: <object>.<hex of the Unix time in nanoseconds>."""
-    return f"{object_name}.{int(when * 1e9):x}"
+    return f"{object_name}.{nanos:x}"
 
 
 class EventRecorder:
@@ -35,6 +35,7 @@ class EventRecorder:
     def __init__(self, state, host: str, *, clock=time.time):
         self.state, self.host, self.clock = state, host, clock
         self._seen: OrderedDict[tuple, EventRecord] = OrderedDict()
+        self._last_nanos = 0   # names stay unique when the clock does not move between two events
         self._lock = threading.Lock()
 
     def record(self, component: str, kind: str, namespace: str | None, name: str, reason: str, message: str,
@@ -57,8 +58,9 @@ class EventRecorder:
         if prev is not None and now - prev.last < EVENT_TTL:   # still stored: count it again
             ev = replace(prev, last=now, count=prev.count + 1)
         else:
-            ev = EventRecord(namespace, event_name(name, now), kind, name, reason, message, type_, component,
-                             self.host, now, now, 1)
+            self._last_nanos = max(int(now * 1e9), self._last_nanos + 1)
+            ev = EventRecord(namespace, event_name(name, self._last_nanos), kind, name, reason, message,
+                             type_, component, self.host, now, now, 1)
         self._seen[key] = ev
         while len(self._seen) > CACHE_SIZE:
             self._seen.popitem(last=False)

@@ -212,9 +212,20 @@ class PodRuntime:
         argv += _container_argv(pod, container)
         env = _container_env(self.lab, pod, container, self.pod_ips.get(pod.key),
                              str(self.lab.node(self.node).underlay_ip))
-        child = _spawn(argv, os.path.join(self.paths.pod_dir(pod.netns(self.lab.name)), f"{container.name}.log"),
-                       env=env)
+        child = _spawn(argv, self.paths.container_log(pod.netns(self.lab.name), container.name), env=env)
         return Proc(container.name, child.pid, argv, started_at=self.clock(), child=child)
+
+    def _restart_container(self, pod: Pod, container, pause_pid: int, restarts: int) -> Proc:
+        """Start a container again, its last run's output kept as <container>.previous.log
+        (`logs --previous`), as the kubelet keeps the previous container's log."""
+        log_path = self.paths.container_log(pod.netns(self.lab.name), container.name)
+        try:
+            os.replace(log_path, self.paths.container_log(pod.netns(self.lab.name), container.name, previous=True))
+        except FileNotFoundError:
+            pass
+        p = self._start_container(pod, container, pause_pid)
+        p.restarts = restarts
+        return p
 
     def _adopt(self, pod: Pod, st: PodStatus) -> bool:
         """Keep a pod that survived an agent restart: its namespace, eth0 and pause process live."""
@@ -228,9 +239,7 @@ class PodRuntime:
             if cs and cs.pid and cs.running and process_alive(cs.pid):
                 procs.append(Proc(c.name, cs.pid, [], restarts=cs.restart_count, started_at=cs.started_at))
             else:
-                p = self._start_container(pod, c, st.pause_pid)
-                p.restarts = (cs.restart_count if cs else 0) + 1
-                procs.append(p)
+                procs.append(self._restart_container(pod, c, st.pause_pid, (cs.restart_count if cs else 0) + 1))
         self.containers[pod.key] = procs
         self.pod_ips[pod.key] = st.pod_ip
         return True
@@ -256,9 +265,7 @@ class PodRuntime:
             if p.restart_at is not None:
                 if now >= p.restart_at and pause and pause.alive():
                     container = next(c for c in pod.containers if c.name == p.name)
-                    q = self._start_container(pod, container, pause.pid)
-                    q.restarts = p.restarts + 1
-                    self.containers[pod.key][i] = q
+                    self.containers[pod.key][i] = self._restart_container(pod, container, pause.pid, p.restarts + 1)
                     changed = True
                 continue
             if p.alive():

@@ -7,7 +7,7 @@ it uses in the store beside flannel's /coreos.com/network/.
       logs/<node>.log           the node agent's log
       nodes/<node>/subnet.env   flannel's subnet file (FLANNEL_NETWORK, FLANNEL_SUBNET, ...)
       nodes/<node>/vtep-mac     the node's VTEP MAC, stable across agent restarts
-      pods/<ns>.<pod>/          container logs
+      pods/<ns>.<pod>/          container logs: <container>.log, <container>.previous.log (the run before a restart)
 
 Everything the lab creates in the kernel is found from the lab's name alone
 (model.names): `down` needs none of these files to clean up.
@@ -90,6 +90,10 @@ class LabPaths:
 
     def pod_dir(self, pod_netns: str) -> str:
         return os.path.join(self.dir, "pods", pod_netns.split("-", 1)[1])
+
+    def container_log(self, pod_netns: str, container: str, previous: bool = False) -> str:
+        """A container's output; previous: its run before the last restart (the kubelet keeps one)."""
+        return os.path.join(self.pod_dir(pod_netns), f"{container}{'.previous' if previous else ''}.log")
 
     def exists(self) -> bool:
         return os.path.exists(self.store)

@@ -32,6 +32,7 @@ class Controller:
     resync_seconds: float = 5.0     # a full sync at least this often (kube-proxy's syncPeriod)
     min_interval: float = 0.05      # and no more often than this (burst of 2)
     retry_seconds: float = 1.0      # after a failed sync, a full one this much later
+    component: str = "netlab-agent" # the source.component of its events (kubelet, kube-proxy, flanneld...)
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
@@ -55,6 +56,16 @@ class Controller:
         """Changes the store does not announce (a process exited): True asks for a sync.
         Called by the watcher on every round, so it must be cheap."""
         return False
+
+    def record_event(self, kind: str, namespace: str | None, name: str, reason: str, message: str,
+                     type_: str = "Normal") -> None:
+        """An event about kind/name (namespace None: this Node); best effort, never raises."""
+        recorder = getattr(self.agent, "recorder", None)
+        if recorder is not None:
+            recorder.record(self.component, kind, namespace, name, reason, message, type_)
+
+    def node_event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        self.record_event("Node", None, self.node.name, reason, message, type_)
 
     def request(self, full: bool = False) -> None:
         if self.runner is not None:

@@ -33,6 +33,7 @@ from typing import Callable
 from .. import state
 from ..model import names
 from ..state import LabState, NodeCondition, NodeStatus
+from ..events import WARNING, EventRecorder
 from ..store import open_store
 from ..store.subnets import DEFAULT_TTL
 from .controller import Controller, Watcher
@@ -63,6 +64,7 @@ class Agent:
         self.paths = paths or state.LabPaths(lab_name)
         self.store = store or open_store(self.paths.store)
         self.state = LabState(self.store)
+        self.recorder = EventRecorder(self.state, node, clock=clock)
         self.lab = self.state.lab()
         if self.lab is None:
             raise RuntimeError(f"lab {lab_name!r} has no lab document in {self.paths.store}; run kube-netlab up")
@@ -94,6 +96,7 @@ class Agent:
         except Exception as e:
             log.error("%s: sync failed:\n%s", c.name, traceback.format_exc())
             self.failures[c.name] = f"{type(e).__name__}: {e}"
+            c.node_event("SyncFailed", f"{c.name}: {self.failures[c.name]}", WARNING)
             if c.runner is not None:
                 c.runner.retry_after(c.retry_seconds, full=True)
             self.report_node()
@@ -136,6 +139,8 @@ class Agent:
     # --- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         from cni import daemon
+        self.recorder.record("netlab-agent", "Node", None, self.node.name, "Starting",
+                             f"Starting node agent (pid {os.getpid()})")
         for c in self.controllers:
             c.setup()
         cni_stop = threading.Event()

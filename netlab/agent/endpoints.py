@@ -17,6 +17,7 @@ class EndpointsController(Controller):
     name = "endpoints"
     prefixes = (SERVICES, POD_STATUS)
     condition = "EndpointsFailing"
+    component = "endpointslice-controller"
 
     def wants(self, event) -> bool:
         if event.key.startswith(SERVICES):
@@ -29,10 +30,27 @@ class EndpointsController(Controller):
         pods = [(pod, statuses[key]) for key, pod in self.state.pods().items()
                 if pod.node_name == node and key in statuses and statuses[key].node == node]
         produced = set()
+        before = {(s.namespace, s.service, s.name): s for s in self.state.endpoint_slices() if s.node == node}
         for svc in self.state.services().values():
             for s in node_slices(svc, pods, node):
-                self.state.put_endpoint_slice(s)  # written only when different
+                if self.state.put_endpoint_slice(s):  # written only when different
+                    self._record_changes(before.get((s.namespace, s.service, s.name)), s)
                 produced.add((s.namespace, s.service, s.name))
-        for s in self.state.endpoint_slices():
-            if s.node == node and (s.namespace, s.service, s.name) not in produced:
+        for key, s in before.items():
+            if key not in produced:
                 self.state.delete_endpoint_slice(s)
+                self._record_changes(s, None)
+
+    def _record_changes(self, old, new) -> None:
+        """EndpointAdded / EndpointRemoved on the Service, for each ready address that came or went."""
+        def ready(s):
+            return {e.address: e for e in s.endpoints if e.ready} if s is not None else {}
+        was, now = ready(old), ready(new)
+        s = new or old
+        for ip in sorted(now.keys() - was.keys()):
+            self.record_event("Service", s.namespace, s.service, "EndpointAdded",
+                              f"{ip} (pod {now[ip].pod}) ready in EndpointSlice {s.name}")
+        for ip in sorted(was.keys() - now.keys()):
+            gone = "removed from" if new is None or all(e.address != ip for e in new.endpoints) else "not ready in"
+            self.record_event("Service", s.namespace, s.service, "EndpointRemoved",
+                              f"{ip} (pod {was[ip].pod}) {gone} EndpointSlice {s.name}")

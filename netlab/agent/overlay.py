@@ -84,6 +84,7 @@ class OverlayController(Controller):
     name = "overlay"
     prefixes = (DEFAULT_PREFIX + "/",)
     condition = "NetworkUnavailable"
+    component = "flanneld"
 
     def __init__(self, agent, *, lease_ttl: float | None = DEFAULT_TTL):
         super().__init__(agent)
@@ -102,9 +103,15 @@ class OverlayController(Controller):
         self.keeper = LeaseKeeper(self.store, node.underlay_ip, {"VNI": lab.vxlan.vni, "VtepMAC": self.vtep_mac},
                                   config=cfg, prefer=str(prefer), ttl=self.lease_ttl, clock=self.clock)
         self.agent.lease = self.keeper.acquire()
+        self.node_event("LeaseAcquired", self._lease_text(self.agent.lease))
         self._ensure_local()
         log.info("node %s: subnet %s, VTEP %s on %s", node.name, self.agent.lease.subnet, self.vtep_mac,
                  node.underlay_ip)
+
+    def _lease_text(self, lease: Lease) -> str:
+        until = "" if lease.expiration is None else \
+            time.strftime(" until %Y-%m-%dT%H:%M:%SZ", time.gmtime(lease.expiration))
+        return f"subnet {lease.subnet} for {lease.public_ip} (VTEP {self.vtep_mac}){until}"
 
     def _vtep_mac(self) -> str:
         """Stable across restarts: the file, else the MAC in our previous lease, else a new one."""
@@ -138,6 +145,8 @@ class OverlayController(Controller):
             # cni0, the pods' addresses and the IPAM leases all hang on the old subnet
             raise RuntimeError(f"the node's subnet lease {before.subnet} was lost and {lease.subnet} leased "
                                f"instead; restart the node (kube-netlab delete node, then up)")
+        if lease.expiration != before.expiration:
+            self.node_event("LeaseRenewed", self._lease_text(lease))
         self.agent.lease = lease
         if full:
             self._ensure_local()
@@ -148,6 +157,14 @@ class OverlayController(Controller):
         result = sync_peers(self.netns, peers, vni=self.lab.vxlan.vni)
         if result.changed:
             log.info("overlay peers: +%s -%s", result.added, result.removed)
+            by_subnet = {p.subnet: p for p in peers}
+            for subnet in result.added:
+                p = by_subnet[subnet]
+                self.node_event("PeerAdded", f"{subnet} via {p.underlay_ip} (VTEP {p.mac}): route, neighbour "
+                                             f"and FDB entry on {self.lab.vxlan.device}")
+            for subnet in result.removed:
+                self.node_event("PeerRemoved", f"{subnet}: its lease is gone; route, neighbour and FDB entry "
+                                               f"removed from {self.lab.vxlan.device}")
         self.agent.peers = sorted(p.subnet for p in peers)
         renew_at = self.keeper.renew_at()
         if renew_at is not None and self.runner is not None:

@@ -36,6 +36,7 @@ class PodsController(Controller):
     name = "pods"
     prefixes = (PODS,)
     condition = "PodsFailing"
+    component = "kubelet"
 
     def __init__(self, agent, *, runtime: PodRuntime | None = None, create_backoff: Backoff = POD_CREATE_BACKOFF,
                  restart_backoff: Backoff | None = None):
@@ -46,6 +47,7 @@ class PodsController(Controller):
         self.running: dict = {}                       # key -> Pod as created
         self.failures: dict[str, CreateFailure] = {}  # key -> the last failed creation
         self.history: dict[str, tuple[float, int]] = {}  # key -> (start time, failed attempts before it ran)
+        self.reported: dict[str, PodStatus] = {}         # key -> the status last reported (events on changes)
 
     def setup(self) -> None:
         if self.runtime is None:
@@ -103,8 +105,16 @@ class PodsController(Controller):
             self._clean_up(pod.namespace, pod.name)
             self.state.put_pod_status(key, PodStatus(self.node.name, pod.netns(self.lab.name), "Pending",
                                                      reason=FAILED_CREATE, message=str(e), attempts=attempts))
+            self.record_event("Pod", pod.namespace, pod.name, FAILED_CREATE,
+                              f"Failed to create pod sandbox: {e}", "Warning")
             return
         log.info("pod %s: %s %s%s", key, st.phase, st.pod_ip, " (adopted)" if adopt else "")
+        if not adopt:
+            self.record_event("Pod", pod.namespace, pod.name, "SandboxReady",
+                              f"Pod sandbox {st.netns} up: eth0 {st.pod_ip} on {self.node.name}")
+            for c in st.containers:
+                self.record_event("Pod", pod.namespace, pod.name, "Created", f"Created container {c.name}")
+                self.record_event("Pod", pod.namespace, pod.name, "Started", f"Started container {c.name}")
         self.running[key] = pod
         self.failures.pop(key, None)
         self.history[key] = ((adopt.start_time if adopt else None) or now,
@@ -112,11 +122,31 @@ class PodsController(Controller):
 
     def _report(self, pod) -> None:
         start_time, attempts = self.history[pod.key]
-        self.state.put_pod_status(pod.key, replace(self.runtime.status(pod), start_time=start_time, attempts=attempts))
+        st = replace(self.runtime.status(pod), start_time=start_time, attempts=attempts)
+        self._record_container_changes(pod, self.reported.get(pod.key), st)
+        self.reported[pod.key] = st
+        self.state.put_pod_status(pod.key, st)
+
+    def _record_container_changes(self, pod, old: PodStatus | None, new: PodStatus) -> None:
+        """The kubelet's events for a container that exited (BackOff while it waits to restart)
+        or was started again."""
+        before = {c.name: c for c in old.containers} if old else {}
+        for c in new.containers:
+            prev = before.get(c.name)
+            if prev is None:
+                continue
+            if c.reason == "CrashLoopBackOff" and prev.reason != "CrashLoopBackOff":
+                self.record_event("Pod", pod.namespace, pod.name, "BackOff",
+                                  f"Back-off restarting failed container {c.name} in pod {pod.name} "
+                                  f"(exit code {c.exit_code})", "Warning")
+            elif c.restart_count > prev.restart_count:
+                self.record_event("Pod", pod.namespace, pod.name, "Started", f"Started container {c.name}")
 
     def _delete(self, key: str, keep_status: bool = False) -> None:
         ns, name = key.split("/", 1)
         log.info("pod %s: deleting", key)
+        for c in (self.reported.pop(key, None) or PodStatus("", "")).containers:
+            self.record_event("Pod", ns, name, "Killing", f"Stopping container {c.name}")
         self.runtime.delete(ns, name)
         self.running.pop(key, None)
         self.failures.pop(key, None)

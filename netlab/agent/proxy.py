@@ -29,6 +29,7 @@ class ProxyController(Controller):
     condition = "ProxyFailing"
     resync_seconds = DEFAULT_SYNC_PERIOD
     min_interval = MIN_SYNC_SECONDS
+    component = "kube-proxy"
 
     def setup(self) -> None:
         self.proxy = NodeProxy(proxy_node(self.lab, self.node), self.lab.proxy_mode,
@@ -37,4 +38,8 @@ class ProxyController(Controller):
         self.agent.proxy_mode = self.lab.proxy_mode
 
     def sync(self, full: bool) -> None:
-        self.proxy.sync(self.state.services().values(), self.state.endpoint_slices(), full=full)
+        result = self.proxy.sync(self.state.services().values(), self.state.endpoint_slices(), full=full)
+        if result is self.proxy.last:   # rules were written (a sync with nothing changed writes none)
+            self.node_event("RulesSynced", f"{self.proxy.mode} {'full' if result.full else 'partial'} sync: "
+                                           f"{len(self.proxy.synced.services)} service ports, {result.size} "
+                                           f"rules written in {result.seconds * 1000:.1f} ms")

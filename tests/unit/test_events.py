@@ -35,7 +35,7 @@ def test_an_event_is_a_kubernetes_v1_event(lab_state, clock):
     ev = rec.record("kubelet", "Pod", "default", "echo-1", "Started", "Started container echo")
     obj = json.loads(st.store.get(state.event_key("default", ev.name)).value)
     assert obj["apiVersion"] == "v1" and obj["kind"] == "Event"
-    assert obj["metadata"] == {"name": event_name("echo-1", clock.now), "namespace": "default",
+    assert obj["metadata"] == {"name": event_name("echo-1", int(clock.now * 1e9)), "namespace": "default",
                                "creationTimestamp": "1970-01-12T13:46:40Z"}
     assert obj["involvedObject"] == {"kind": "Pod", "name": "echo-1", "namespace": "default", "apiVersion": "v1"}
     assert (obj["reason"], obj["message"], obj["type"]) == ("Started", "Started container echo", "Normal")
