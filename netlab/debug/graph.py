@@ -41,6 +41,8 @@ API for other commands (trace --svg calls this):
             keys: a (netns, interface) hop, an element id, or a netns name alone
             (the note goes into that namespace's cluster).
     element_for_hop(graph, netns, interface) -> str | None    the element id for a hop
+    path_from_trace(trace: dict) -> (highlight, notes)   from the `trace -o json` shape: probe and
+        reply hops in order, each NAT step a note in its netns, the drop a note on its hop
 
 Rendering svg, png (and html, which embeds the svg) needs Graphviz's `dot`
 (scripts/bootstrap.sh installs it); dot and mermaid are plain text.
@@ -380,7 +382,10 @@ def annotate(graph: LabGraph, highlight: Iterable | None = None, notes: Mapping 
         if a in node_ids and b in node_ids:
             links |= {(a, b), (b, a)}
     new_nodes = [replace(n, steps=tuple(steps.get(n.id, ()))) for n in graph.nodes]
-    new_edges = [replace(e, steps=tuple(steps.get(e.id, ())), on_path=(e.src, e.dst) in links or e.id in steps)
+    # a tunnel both of whose VTEPs the path crossed carried it (the trace sees the outer packet on eth0)
+    new_edges = [replace(e, steps=tuple(steps.get(e.id, ())),
+                         on_path=(e.src, e.dst) in links or e.id in steps
+                         or (e.kind == "tunnel" and e.src in steps and e.dst in steps))
                  for e in graph.edges]
     for n, (key, text) in enumerate((notes or {}).items()):
         target = _note_target(graph, key, ids)
@@ -397,6 +402,22 @@ def annotate(graph: LabGraph, highlight: Iterable | None = None, notes: Mapping 
         new_nodes.append(GraphNode("note/unmatched", text, "note", None, _details(note=text)))
     return replace(graph, nodes=tuple(new_nodes), edges=tuple(new_edges),
                    path=tuple(path_lines) + tuple(f"{_hop_text(k)}: {v}" for k, v in (notes or {}).items()))
+
+
+def path_from_trace(trace: Mapping) -> tuple[list[Hop], dict]:
+    """highlight and notes for render() from a trace in the `trace -o json` shape: the
+    probe's hops then the reply's, each NAT step as a note in the namespace it happened in
+    ("DNAT from -> to (rule)"), and the drop, if any, on the hop where it happened."""
+    hops = [(h["netns"], h["interface"]) for h in (*trace.get("hops", ()), *(trace.get("reply") or {}).get("hops", ()))]
+    notes: dict = {}
+    for nat in trace.get("nat", ()):
+        text = f"{nat['type']} {nat['from']} -> {nat['to']}" + (f" ({nat['rule']})" if nat.get("rule") else "")
+        notes[nat["netns"]] = f"{notes[nat['netns']]}\n{text}" if nat["netns"] in notes else text
+    drop = trace.get("drop")
+    if drop:
+        key = (drop["netns"], drop["interface"]) if drop.get("interface") else drop["netns"]
+        notes[key] = f"dropped: {drop['reason']}"
+    return hops, notes
 
 
 def _note_target(graph: LabGraph, key, ids: set[str]) -> str | None:

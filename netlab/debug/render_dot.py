@@ -52,7 +52,9 @@ def _edge_line(e) -> str:
                  arrowhead=arrow, tooltip=_tooltip(e.details),
                  constraint=None if e.constraint else "false")
     if e.kind == "tunnel":
-        attrs["penwidth"] = "2"
+        # an xlabel is placed after layout, clear of nodes: the tunnel's label otherwise lands
+        # on the cluster border between the two nodes
+        attrs.update(penwidth="2", xlabel=attrs.pop("label"))
     if e.broken:
         attrs.update(color=BROKEN_COLOUR if e.kind == "tunnel" else MUTED_COLOUR, fontcolor=BROKEN_COLOUR)
     if e.on_path:

@@ -225,3 +225,31 @@ def test_a_node_without_a_lease_yet_and_a_lab_without_services():
     assert g.node("if/demo-node-a/cni0").label == "cni0\nno lease yet"
     assert "cluster/services" not in g.ids()
     assert next(e for e in g.edges if e.kind == "tunnel").broken
+
+
+def test_path_from_a_trace_result_marks_hops_nat_and_drop():
+    trace = {"src": "a", "dst": "svc/web", "verdict": "dropped",
+             "hops": [{"netns": "demo-default.web", "interface": "eth0", "direction": "out"},
+                      {"netns": "demo-a", "interface": "veth1234", "direction": "in"}],
+             "nat": [{"type": "DNAT", "netns": "demo-a", "from": "10.96.0.20:80", "to": "10.244.2.2:8080",
+                      "rule": "KUBE-SEP-XYZ"},
+                     {"type": "SNAT", "netns": "demo-a", "from": "10.244.1.2", "to": "10.244.1.0", "rule": None}],
+             "reply": {"hops": [{"netns": "demo-a", "interface": "cni0", "direction": "in"}]},
+             "drop": {"netns": "demo-a", "interface": "eth0", "reason": "MTU"}}
+    hops, notes = graph.path_from_trace(trace)
+    assert hops == [("demo-default.web", "eth0"), ("demo-a", "veth1234"), ("demo-a", "cni0")]
+    assert notes == {"demo-a": "DNAT 10.96.0.20:80 -> 10.244.2.2:8080 (KUBE-SEP-XYZ)\nSNAT 10.244.1.2 -> 10.244.1.0",
+                     ("demo-a", "eth0"): "dropped: MTU"}
+    g = graph.annotate(HAND, hops, notes)
+    assert g.node("if/demo-a/cni0").steps == (3,)
+    assert {n.label for n in g.nodes if n.kind == "note"} == set(notes.values())
+
+
+def test_a_path_through_both_vteps_marks_the_tunnel_between_them():
+    g = graph.build_graph(LAB, *records())
+    hops = [("demo-node-a", "cni0"), ("demo-node-a", "flannel.1"), ("demo-node-a", "eth0"),
+            ("demo-underlay", "node-a"), ("demo-underlay", "node-b"), ("demo-node-b", "eth0"),
+            ("demo-node-b", "flannel.1"), ("demo-node-b", "cni0")]
+    on_path = {e.id for e in graph.annotate(g, hops).edges if e.on_path}
+    assert on_path == {"route/node-a/overlay", "encap/node-a", "wire/node-a", "wire/node-b", "encap/node-b",
+                       "route/node-b/overlay", "tunnel/node-a/node-b"}
