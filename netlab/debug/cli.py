@@ -6,6 +6,13 @@ def register(sub, lab_opt) -> None:
     """Add this group's subcommands to kube-netlab's parser (sub: argparse subparsers;
     lab_opt(sp) adds --lab). Each subcommand's func takes the parsed args, returns the exit code."""
     _register_graph(sub, lab_opt)
+    _register_explain_logs(sub, lab_opt)
+
+
+def _register_explain_logs(sub, lab_opt) -> None:
+    from . import explain, logs
+    explain.add_parser(sub, lab_opt)
+    logs.add_parser(sub, lab_opt)
 
 
 def _register_graph(sub, lab_opt) -> None:
