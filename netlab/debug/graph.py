@@ -411,7 +411,8 @@ def path_from_trace(trace: Mapping) -> tuple[list[Hop], dict]:
     hops = [(h["netns"], h["interface"]) for h in (*trace.get("hops", ()), *(trace.get("reply") or {}).get("hops", ()))]
     notes: dict = {}
     for nat in trace.get("nat", ()):
-        text = f"{nat['type']} {nat['from']} -> {nat['to']}" + (f" ({nat['rule']})" if nat.get("rule") else "")
+        rule = nat.get("rule") or nat.get("chain")   # the field name, and the trace's
+        text = f"{nat['type']} {nat['from']} -> {nat['to']}" + (f" ({rule})" if rule else "")
         notes[nat["netns"]] = f"{notes[nat['netns']]}\n{text}" if nat["netns"] in notes else text
     drop = trace.get("drop")
     if drop:

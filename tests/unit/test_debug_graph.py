@@ -233,12 +233,12 @@ def test_path_from_a_trace_result_marks_hops_nat_and_drop():
                       {"netns": "demo-a", "interface": "veth1234", "direction": "in"}],
              "nat": [{"type": "DNAT", "netns": "demo-a", "from": "10.96.0.20:80", "to": "10.244.2.2:8080",
                       "rule": "KUBE-SEP-XYZ"},
-                     {"type": "SNAT", "netns": "demo-a", "from": "10.244.1.2", "to": "10.244.1.0", "rule": None}],
+                     {"type": "SNAT", "netns": "demo-a", "from": "10.244.1.2", "to": "10.244.1.0", "chain": "KUBE-POSTROUTING"}],
              "reply": {"hops": [{"netns": "demo-a", "interface": "cni0", "direction": "in"}]},
              "drop": {"netns": "demo-a", "interface": "eth0", "reason": "MTU"}}
     hops, notes = graph.path_from_trace(trace)
     assert hops == [("demo-default.web", "eth0"), ("demo-a", "veth1234"), ("demo-a", "cni0")]
-    assert notes == {"demo-a": "DNAT 10.96.0.20:80 -> 10.244.2.2:8080 (KUBE-SEP-XYZ)\nSNAT 10.244.1.2 -> 10.244.1.0",
+    assert notes == {"demo-a": "DNAT 10.96.0.20:80 -> 10.244.2.2:8080 (KUBE-SEP-XYZ)\nSNAT 10.244.1.2 -> 10.244.1.0 (KUBE-POSTROUTING)",
                      ("demo-a", "eth0"): "dropped: MTU"}
     g = graph.annotate(HAND, hops, notes)
     assert g.node("if/demo-a/cni0").steps == (3,)
@@ -253,3 +253,12 @@ def test_a_path_through_both_vteps_marks_the_tunnel_between_them():
     on_path = {e.id for e in graph.annotate(g, hops).edges if e.on_path}
     assert on_path == {"route/node-a/overlay", "encap/node-a", "wire/node-a", "wire/node-b", "encap/node-b",
                        "route/node-b/overlay", "tunnel/node-a/node-b"}
+
+
+def test_a_single_node_lab_without_external_host_has_no_tunnel_and_no_external():
+    one = Lab("one", (Node("solo", IPv4Address("192.168.56.11")),), external=None)
+    g = graph.build_graph(one, {}, {}, {"solo": NodeStatus(True, pod_cidr="10.244.1.0/24")}, {}, [])
+    assert not [e for e in g.edges if e.kind == "tunnel"]
+    assert {c.id for c in g.clusters} == {"cluster/underlay", "cluster/node/solo"}
+    assert "wire/external" not in g.ids()
+    assert render_mermaid.render(g).count("subgraph ") == 2
