@@ -18,7 +18,7 @@ from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult, chec
 
 from . import backend as be
 from . import names as n
-from .render import JUMP_RULES, render
+from .render import JUMP_RULES, RenderCache, render
 
 log = logging.getLogger("netlab.proxy")
 
@@ -47,6 +47,7 @@ class IptablesProxier:
         self.backend = be.check_backend(backend) if backend is not None else be.detect(netns)
         self._chains: frozenset[str] = frozenset()   # per-service nat chains in the kernel after our last sync
         self._need_full = True
+        self._cache = RenderCache()                 # chain names and rule lines per service port
         self._tcp_liberal = self._read_tcp_liberal()
         self.last_text = ""                          # the restore input of the last sync (debugging, tests)
 
@@ -103,7 +104,7 @@ class IptablesProxier:
             missing_jumps = [j for j in JUMP_RULES if not j.found_in(tables.get(j.table, "").splitlines())]
         rendered = render(state, self.node, changed=None if full else frozenset(changed or ()),
                           existing_chains=existing, missing_jumps=missing_jumps, canary=full,
-                          tcp_liberal=self._tcp_liberal)
+                          tcp_liberal=self._tcp_liberal, cache=self._cache)
         self.last_text = rendered.text
         error = self._restore(rendered.text)
         if error is None:

@@ -13,7 +13,9 @@ existed before and are no longer used are flushed and deleted (`-X`).
 """
 from __future__ import annotations
 
-import functools
+import bisect
+import contextlib
+import gc
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -92,27 +94,51 @@ class _Buffers:
     nat_rules: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Which chains one service port uses on this node, and where its traffic goes
-    (the variable block at the top of kube-proxy's per-service loop)."""
+class ServicePortInfo:
+    """One service port on this node: its chain names, where its traffic goes (the
+    variable block at the top of kube-proxy's per-service loop) and its rule
+    lines, computed once per (ServicePort, endpoints) and kept across syncs, as
+    kube-proxy keeps chain names in servicePortInfo and endpointInfo."""
 
-    svc: ServicePort
-    cluster_eps: tuple[Endpoint, ...]
-    local_eps: tuple[Endpoint, ...]
-    reachable: tuple[Endpoint, ...]
-    has_any: bool                 # usable endpoints anywhere (none: REJECT)
-    svc_chain: str
-    svl_chain: str
-    ext_chain: str
-    internal_chain: str           # where ClusterIP traffic goes: SVC, or SVL under internalTrafficPolicy Local
-    has_internal: bool
-    external_policy_chain: str    # where EXT sends outside traffic: SVC, or SVL under externalTrafficPolicy Local
-    has_external: bool
+    __slots__ = ("svc", "eps", "key", "label", "proto", "cluster_eps", "local_eps", "reachable", "has_any",
+                 "svc_chain", "svl_chain", "ext_chain", "internal_chain", "has_internal",
+                 "external_policy_chain", "has_external", "seps", "chains", "nat_dispatch", "filter_dispatch",
+                 "_own_lines", "_own_large")
 
-    @property
-    def label(self) -> str:
-        return str(self.svc.name)
+    def __init__(self, svc: ServicePort, eps: tuple[Endpoint, ...], node_name: str,
+                 previous: ServicePortInfo | None = None):
+        name = svc.name
+        self.svc, self.eps = svc, eps
+        self.key = (name.namespace, name.name, name.port)     # ServicePortName's order, as a plain tuple
+        self.label = label = str(name)
+        self.proto = proto = svc.protocol.lower()
+        # names depend on the name and protocol only: reuse the previous info's hashes
+        reuse = previous is not None and previous.svc.protocol == svc.protocol
+        base = previous.svc_chain[len(n.SVC_PREFIX):] if reuse else n.port_proto_hash(label, proto)
+        known = previous.seps if reuse else {}
+        self.svc_chain, self.svl_chain, self.ext_chain = n.SVC_PREFIX + base, n.SVL_PREFIX + base, n.EXT_PREFIX + base
+        c = categorize(svc, eps, node_name)
+        self.cluster_eps, self.local_eps, self.reachable, self.has_any = c.cluster, c.local, c.all_reachable, c.has_any
+        self.seps: dict[str, str] = {}      # "ip:port" -> its KUBE-SEP- chain
+        for ep in c.all_reachable:
+            key = f"{ep.ip}:{ep.port}"
+            self.seps[key] = known.get(key) or n.endpoint_chain(label, proto, key)
+        self.internal_chain, self.has_internal = self._policy(svc.internal_policy_local)
+        self.external_policy_chain, self.has_external = self._policy(svc.external_policy_local)
+        chains = []
+        if self.uses_ext_chain:
+            chains.append(self.ext_chain)
+        if self.cluster_eps:
+            chains.append(self.svc_chain)
+        if self.local_eps:
+            chains.append(self.svl_chain)
+        self.chains: tuple[str, ...] = (*chains, *self.seps.values())
+        self.nat_dispatch, self.filter_dispatch = _dispatch_rules(self)
+        self._own_lines: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._own_large = False
+
+    def _policy(self, local: bool) -> tuple[str, bool]:
+        return (self.svl_chain, bool(self.local_eps)) if local else (self.svc_chain, self.has_any)
 
     @property
     def uses_cluster_chain(self) -> bool:
@@ -127,18 +153,18 @@ class _Plan:
         return self.has_any and self.svc.has_external
 
     def sep(self, ep: Endpoint) -> str:
-        return n.endpoint_chain(self.svc.name, self.svc.proto, ep)
+        return self.seps[f"{ep.ip}:{ep.port}"]
 
-    @functools.cached_property
-    def chains(self) -> tuple[str, ...]:
-        out = []
-        if self.uses_ext_chain:
-            out.append(self.ext_chain)
-        if self.uses_cluster_chain:
-            out.append(self.svc_chain)
-        if self.uses_local_chain:
-            out.append(self.svl_chain)
-        return (*out, *(self.sep(ep) for ep in self.reachable))
+    def same_input(self, svc: ServicePort, eps: tuple[Endpoint, ...]) -> bool:
+        return self.svc == svc and self.eps == eps
+
+    def own_lines(self, cluster_cidr: str, large: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(chain declarations, rules) of the service's own chains; kept until large-cluster mode flips."""
+        if self._own_lines is None or self._own_large != large:
+            b = _Buffers()
+            _service_chains(b, self, cluster_cidr, large)
+            self._own_lines, self._own_large = (tuple(b.nat_chains), tuple(b.nat_rules)), large
+        return self._own_lines
 
     def filter_verdicts(self) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
         """(comment, target) for internal and external traffic that finds no endpoint, or None."""
@@ -149,22 +175,101 @@ class _Plan:
         return (None if self.has_internal else drop), (None if self.has_external else drop)
 
 
-@functools.lru_cache(maxsize=65536)   # unchanged services cost nothing on the next sync
-def plan(svc: ServicePort, eps: tuple[Endpoint, ...], node: ProxyNode) -> _Plan:
-    c = categorize(svc, eps, node.name)
-    svc_chain, svl_chain = n.service_chain(svc.name, svc.proto), n.local_chain(svc.name, svc.proto)
+class RenderCache:
+    """A proxier's ServicePortInfo per service port, in ServicePortName order, kept
+    across syncs: a partial sync re-plans only the changed service ports and joins
+    every other one's cached dispatch lines (KEP-3453 rewrites the dispatch chains
+    whole each time). A pure memo: it never depends on what the kernel holds."""
 
-    def policy(local: bool) -> tuple[str, bool]:
-        return (svl_chain, bool(c.local)) if local else (svc_chain, c.has_any)
+    def __init__(self) -> None:
+        self.node: ProxyNode | None = None
+        self.infos: dict[ServicePortName, ServicePortInfo] = {}
+        self._keys: list[tuple[str, str, str]] = []          # sorted; parallel to _ordered
+        self._ordered: list[ServicePortInfo] = []
+        self.owner: dict[str, ServicePortName] = {}        # every info's chains -> its service port
+        self.endpoint_count = 0                            # what large-cluster mode counts
+        self.planned: frozenset[ServicePortName] = frozenset()   # what the last update (re)planned
 
-    return _Plan(svc, c.cluster, c.local, c.all_reachable, c.has_any, svc_chain, svl_chain,
-                 n.external_chain(svc.name, svc.proto),
-                 *policy(svc.internal_policy_local), *policy(svc.external_policy_local))
+    @property
+    def active(self):
+        """The per-service chains every service port uses (a live view)."""
+        return self.owner.keys()
+
+    def _drop(self, name: ServicePortName) -> ServicePortInfo | None:
+        info = self.infos.pop(name, None)
+        if info is not None:
+            i = bisect.bisect_left(self._keys, info.key)
+            del self._keys[i], self._ordered[i]
+            for chain in info.chains:
+                self.owner.pop(chain, None)
+            self.endpoint_count -= len(info.eps)
+        return info
+
+    def _put(self, info: ServicePortInfo) -> None:
+        name = info.svc.name
+        self.infos[name] = info
+        i = bisect.bisect_left(self._keys, info.key)
+        self._keys.insert(i, info.key)
+        self._ordered.insert(i, info)
+        self.owner.update(dict.fromkeys(info.chains, name))
+        self.endpoint_count += len(info.eps)
+
+    def _replan(self, state: ProxyState, names: Iterable[ServicePortName]) -> set[ServicePortName]:
+        out = set()
+        for name in names:
+            previous = self._drop(name)
+            svc = state.services.get(name)
+            if svc is not None:
+                self._put(ServicePortInfo(svc, state.endpoints_of(name), self.node.name, previous))
+                out.add(name)
+        return out
+
+    def _rebuild(self, state: ProxyState) -> set[ServicePortName]:
+        """Every service port of state; an info whose input is unchanged is kept."""
+        node_name, old, out = self.node.name, self.infos, set()
+        infos: dict[ServicePortName, ServicePortInfo] = {}
+        for name, svc in state.services.items():
+            eps = state.endpoints_of(name)
+            info = old.get(name)
+            if info is None or not info.same_input(svc, eps):
+                info = ServicePortInfo(svc, eps, node_name, info)
+                out.add(name)
+            infos[name] = info
+        self.infos = infos
+        self._ordered = sorted(infos.values(), key=_info_key)
+        self._keys = [i.key for i in self._ordered]
+        self.owner = {chain: i.svc.name for i in self._ordered for chain in i.chains}
+        self.endpoint_count = sum(len(i.eps) for i in self._ordered)
+        return out
+
+    def update(self, state: ProxyState, node: ProxyNode,
+               changed: frozenset[ServicePortName] | None) -> frozenset[ServicePortName]:
+        """Bring the infos to state; returns the service ports (re)planned. changed
+        None: look at every service port; else trust changed, as kube-proxy trusts
+        its change trackers (a count that disagrees with state falls back to a look)."""
+        if node != self.node:            # another node: every category and line may differ
+            self.__init__()
+            self.node = node
+        if changed is None or not self.infos:
+            planned = self._rebuild(state)
+        else:
+            planned = self._replan(state, changed)
+            if len(self.infos) != len(state.services):
+                planned |= self._rebuild(state)
+        self.planned = frozenset(planned)
+        return self.planned
+
+    def ordered(self) -> list[ServicePortInfo]:
+        return self._ordered
+
+
+def _info_key(info: ServicePortInfo) -> tuple[str, str, str]:
+    return info.key
 
 
 def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePortName] | None = None,
            existing_chains: Iterable[str] = (), missing_jumps: Iterable[JumpRule] = (),
-           canary: bool = False, tcp_liberal: bool = False) -> Rendered:
+           canary: bool = False, tcp_liberal: bool = False, cache: RenderCache | None = None) -> Rendered:
     """The restore input of one sync.
 
     changed: None for a full sync, else the service ports to rewrite (a service
@@ -172,8 +277,31 @@ def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePort
     existing_chains: the per-service nat chains in the kernel now; those not used
     any more are deleted. missing_jumps: built-in chain jumps to insert at the
     top (full syncs). canary: declare KUBE-PROXY-CANARY in mangle, nat, filter.
+    cache: the proxier's RenderCache, kept across syncs (None: a fresh one).
     """
-    existing = frozenset(existing_chains)
+    with _cyclic_gc_paused():
+        return _render(state, node, changed, existing_chains, missing_jumps, canary, tcp_liberal,
+                       cache if cache is not None else RenderCache())
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """A full render allocates ~10 objects per rule line and none in a cycle; the
+    collector's passes over them (and the whole state) were a third of its time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _render(state: ProxyState, node: ProxyNode, changed: frozenset[ServicePortName] | None,
+            existing_chains: Iterable[str], missing_jumps: Iterable[JumpRule], canary: bool, tcp_liberal: bool,
+            cache: RenderCache) -> Rendered:
+    planned = cache.update(state, node, changed)
+    existing = existing_chains if isinstance(existing_chains, (set, frozenset)) else frozenset(existing_chains)
     cluster_cidr = str(ipaddress.ip_network(node.cluster_cidr, strict=False))
     mark = node.mark
     b = _Buffers()
@@ -186,21 +314,25 @@ def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePort
         f"-A {n.KUBE_POSTROUTING} {_comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
         f"-A {n.KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
     ]
-    total_eps = sum(len(state.endpoints_of(name)) for name in state.services)
-    large = total_eps > n.LARGE_CLUSTER_ENDPOINTS
-    active: set[str] = set()
-    written: set[ServicePortName] = set()
-    for name in sorted(state.services):
-        p = plan(state.services[name], state.endpoints_of(name), node)
-        chains = p.chains
-        active.update(chains)
-        nat, filter_ = _dispatch_rules(p)
-        b.nat_rules += nat
-        b.filter_rules += filter_
-        if changed is None or name in changed or not existing.issuperset(chains):
-            written.add(name)
-            _service_chains(b, p, cluster_cidr, large)
-    stale = tuple(sorted(c for c in existing - active if n.is_service_chain(c)))
+    large = cache.endpoint_count > n.LARGE_CLUSTER_ENDPOINTS
+    ordered = cache.ordered()
+    for info in ordered:
+        b.nat_rules += info.nat_dispatch
+        b.filter_rules += info.filter_dispatch
+    missing = cache.active - existing     # chains the kernel lacks (a failed or outside change)
+    if changed is None:
+        written = ordered
+    else:
+        names = (planned & changed) | {cache.owner[c] for c in missing}
+        written = sorted((cache.infos[name] for name in names), key=_info_key)
+    for info in written:
+        decls, rules = info.own_lines(cluster_cidr, large)
+        b.nat_chains += decls
+        b.nat_rules += rules
+    active = cache.active
+    # existing minus active has len(existing) - len(active) + len(missing) chains: look only when some
+    gone = len(existing) - len(active) + len(missing)
+    stale = tuple(sorted(c for c in existing.difference(active) if n.is_service_chain(c))) if gone else ()
     for chain in stale:
         b.nat_chains.append(_chain_line(chain))    # flushes it, so -X finds it empty
         b.nat_rules.append(f"-X {chain}")
@@ -224,16 +356,16 @@ def render(state: ProxyState, node: ProxyNode, *, changed: frozenset[ServicePort
         inserts = [f"-I {j.src} 1 {j.spec()}" for j in jumps if j.table == table]
         parts += [f"*{table}", *canary_line, *chains, *rules, *inserts, "COMMIT"]
     size = len(b.filter_rules) + len(b.nat_rules) + len(jumps)
-    return Rendered("\n".join(parts) + "\n", frozenset(active), frozenset(written), stale, size)
+    return Rendered("\n".join(parts) + "\n", frozenset(active), frozenset(i.svc.name for i in written),
+                    stale, size)
 
 
-@functools.lru_cache(maxsize=65536)
-def _dispatch_rules(p: _Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _dispatch_rules(p: ServicePortInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The service's (nat, filter) rules in KUBE-SERVICES, KUBE-NODEPORTS and the
     filter chains: rewritten on every sync, partial or full."""
     b = _Buffers()
     svc, label = p.svc, p.label
-    match = f"-m {svc.proto} -p {svc.proto}"
+    match = f"-m {p.proto} -p {p.proto}"
     internal_verdict, external_verdict = p.filter_verdicts()
 
     def capture(rules: list[str], chain: str, where: str, comment: str, target: str) -> None:
@@ -259,10 +391,10 @@ def _dispatch_rules(p: _Plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(b.nat_rules), tuple(b.filter_rules)
 
 
-def _service_chains(b: _Buffers, p: _Plan, cluster_cidr: str, large: bool) -> None:
+def _service_chains(b: _Buffers, p: ServicePortInfo, cluster_cidr: str, large: bool) -> None:
     """The service's own chains: SVC/SVL (load balancing), EXT, one SEP per endpoint."""
     svc, label = p.svc, p.label
-    match = f"-m {svc.proto} -p {svc.proto}"
+    match = f"-m {p.proto} -p {p.proto}"
     if p.has_internal:
         # off-cluster sources reaching a ClusterIP (a route to the service range via
         # this node) may be answered from another node: masquerade them
@@ -271,22 +403,22 @@ def _service_chains(b: _Buffers, p: _Plan, cluster_cidr: str, large: bool) -> No
     if p.uses_ext_chain:
         b.nat_chains.append(_chain_line(p.ext_chain))
         _external_rules(b, p, cluster_cidr)
-    for used, chain, eps in ((p.uses_cluster_chain, p.svc_chain, p.cluster_eps),
-                             (p.uses_local_chain, p.svl_chain, p.local_eps)):
-        if used:
+    for chain, eps in ((p.svc_chain, p.cluster_eps), (p.svl_chain, p.local_eps)):
+        if eps:
             b.nat_chains.append(_chain_line(chain))
             _balance_rules(b, p, chain, eps, large)
+    tail = "" if large else f" {_comment(label)}"
+    mark_masq, set_recent = n.KUBE_MARK_MASQ, " -m recent --name {} --set" if svc.affinity_timeout else ""
     for ep in p.reachable:
-        sep = p.sep(ep)
-        b.nat_chains.append(_chain_line(sep))
-        head = f"-A {sep}" if large else f"-A {sep} {_comment(label)}"
+        address = f"{ep.ip}:{ep.port}"
+        sep = p.seps[address]
+        b.nat_chains.append(f":{sep} - [0:0]")
         # hairpin: a pod reaching itself through its Service must see the node as source
-        b.nat_rules.append(f"{head} -s {ep.ip} -j {n.KUBE_MARK_MASQ}")
-        recent = f" -m recent --name {sep} --set" if svc.affinity_timeout else ""
-        b.nat_rules.append(f"{head}{recent} {match} -j DNAT --to-destination {ep}")
+        b.nat_rules.append(f"-A {sep}{tail} -s {ep.ip} -j {mark_masq}")
+        b.nat_rules.append(f"-A {sep}{tail}{set_recent.format(sep)} {match} -j DNAT --to-destination {address}")
 
 
-def _external_rules(b: _Buffers, p: _Plan, cluster_cidr: str) -> None:
+def _external_rules(b: _Buffers, p: ServicePortInfo, cluster_cidr: str) -> None:
     label, ext = p.label, p.ext_chain
     if not p.svc.external_policy_local:
         # Cluster policy may send it to another node: masquerade so the reply comes back here
@@ -308,16 +440,16 @@ def _external_rules(b: _Buffers, p: _Plan, cluster_cidr: str) -> None:
         b.nat_rules.append(f"-A {ext} -j {p.external_policy_chain}")
 
 
-def _balance_rules(b: _Buffers, p: _Plan, chain: str, eps: tuple[Endpoint, ...], large: bool) -> None:
+def _balance_rules(b: _Buffers, p: ServicePortInfo, chain: str, eps: tuple[Endpoint, ...], large: bool) -> None:
     """writeServiceToEndpointRules: affinity checks first, then 1/(n-i) random picks."""
-    def head(ep: Endpoint) -> str:
-        return f"-A {chain}" if large else f"-A {chain} {_comment(f'{p.label} -> {ep}')}"
-    if p.svc.affinity_timeout:
-        for ep in eps:
-            sep = p.sep(ep)
-            b.nat_rules.append(f"{head(ep)} -m recent --name {sep} --rcheck --seconds {p.svc.affinity_timeout} "
-                               f"--reap -j {sep}")
-    count = len(eps)
-    for i, ep in enumerate(eps):
-        pick = f" -m statistic --mode random --probability {n.probability(count - i)}" if i < count - 1 else ""
-        b.nat_rules.append(f"{head(ep)}{pick} -j {p.sep(ep)}")
+    addresses = [f"{ep.ip}:{ep.port}" for ep in eps]
+    heads = ([f"-A {chain}"] * len(eps) if large
+             else [f'-A {chain} -m comment --comment "{p.label} -> {address}"' for address in addresses])
+    seps = [p.seps[address] for address in addresses]
+    timeout = p.svc.affinity_timeout
+    if timeout:
+        b.nat_rules += [f"{head} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}"
+                        for head, sep in zip(heads, seps)]
+    last = len(eps) - 1
+    b.nat_rules += [f"{head} -m statistic --mode random --probability {n.probability(last + 1 - i)} -j {sep}"
+                    if i < last else f"{head} -j {sep}" for i, (head, sep) in enumerate(zip(heads, seps))]

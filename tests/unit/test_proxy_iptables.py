@@ -13,7 +13,7 @@ from proxy.iptables import backend as be
 from proxy.iptables import names as n
 from proxy.iptables.proxier import cleanup_text
 from proxy.types import check_node
-from proxy.iptables.render import JUMP_RULES, render
+from proxy.iptables.render import JUMP_RULES, RenderCache, render
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
 
 NODE = ProxyNode("node-a", ("192.168.56.11",), "10.244.0.0/16")
@@ -286,6 +286,99 @@ def test_partial_sync_rewrites_a_service_whose_chains_are_not_known():
     missing = full.active_chains - {n.service_chain(WEB_NP, "tcp")}
     partial = render(example_state(), NODE, changed=frozenset(), existing_chains=missing)
     assert partial.written == frozenset({WEB_NP})
+
+
+# --- the proxier's cache across syncs (kube-proxy's servicePortInfo) --------
+
+API = ServicePortName("default", "api", "")
+
+
+def _with_api(state: ProxyState, *eps: Endpoint) -> ProxyState:
+    return ProxyState({**state.services, API: ServicePort(API, "TCP", "10.96.0.50", 443)},
+                      {**state.endpoints, API: eps})
+
+
+def test_partial_sync_plans_only_the_changed_service_port():
+    cache = RenderCache()
+    full = render(example_state(), NODE, cache=cache)
+    assert cache.planned == {WEB, WEB_NP}
+    web_np_info = cache.infos[WEB_NP]
+    partial = render(_with_api(example_state(), Endpoint("10.244.1.20", 8443, "node-a")), NODE,
+                     changed=frozenset({API}), existing_chains=full.active_chains, cache=cache)
+    assert cache.planned == {API} and partial.written == {API}
+    assert cache.infos[WEB_NP] is web_np_info          # the others' infos are reused as they are
+    # the dispatch chains still list every service, in ServicePortName order
+    targets = [line.split(" -j ")[-1] for line in lines_of(partial.text, "KUBE-SERVICES")]
+    assert targets == [n.service_chain(API, "tcp"), n.service_chain(WEB, "tcp"), n.service_chain(WEB_NP, "tcp"),
+                       "KUBE-NODEPORTS"]
+
+
+def test_cached_partial_sync_writes_what_an_uncached_one_writes():
+    cache = RenderCache()
+    before = _with_api(example_state(), Endpoint("10.244.1.20", 8443, "node-a"))
+    full = render(before, NODE, cache=cache)
+    after = ProxyState({WEB: before.services[WEB], API: before.services[API]},
+                       {WEB: (Endpoint("10.244.1.5", 8080, "node-a"), Endpoint("10.244.3.3", 8080, "node-c")),
+                        API: before.endpoints[API]})
+    changed = frozenset({WEB, WEB_NP})
+    cached = render(after, NODE, changed=changed, existing_chains=full.active_chains, cache=cache)
+    fresh = render(after, NODE, changed=changed, existing_chains=full.active_chains)
+    assert cached.text == fresh.text
+    assert (cached.active_chains, cached.written, cached.deleted_chains) == \
+        (fresh.active_chains, fresh.written, fresh.deleted_chains)
+    assert render(after, NODE, cache=cache).text == render(after, NODE).text   # and a full one too
+
+
+def test_cached_chain_names_equal_freshly_computed_ones_after_endpoint_changes():
+    cache = RenderCache()
+    render(example_state(), NODE, cache=cache)
+    moved = ProxyState(example_state().services,
+                       {**example_state().endpoints, WEB: (Endpoint("10.244.1.5", 8080, "node-a"),
+                                                           Endpoint("10.244.2.8", 8080, "node-b"))})
+    render(moved, NODE, changed=frozenset({WEB}), cache=cache)
+    for name, info in cache.infos.items():
+        proto = info.svc.protocol
+        assert (info.svc_chain, info.svl_chain, info.ext_chain) == \
+            (n.service_chain(name, proto), n.local_chain(name, proto), n.external_chain(name, proto))
+        assert info.seps == {str(ep): n.endpoint_chain(name, proto, ep) for ep in moved.endpoints_of(name)}
+    # the reference file's names, pinned
+    assert cache.infos[WEB].svc_chain == "KUBE-SVC-CDGGSHYLG3RE2FKL"
+    assert cache.infos[WEB].seps["10.244.1.5:8080"] == "KUBE-SEP-AFGSLHOD2HFNCBX4"
+
+
+def test_a_service_whose_endpoints_changed_gets_its_chains_rewritten():
+    cache = RenderCache()
+    full = render(example_state(), NODE, cache=cache)
+    moved = ProxyState(example_state().services,
+                       {**example_state().endpoints, WEB: (Endpoint("10.244.1.5", 8080, "node-a"),
+                                                           Endpoint("10.244.2.8", 8080, "node-b"))})
+    partial = render(moved, NODE, changed=frozenset({WEB}), existing_chains=full.active_chains, cache=cache)
+    old_sep, new_sep = n.endpoint_chain(WEB, "tcp", "10.244.2.7:8080"), n.endpoint_chain(WEB, "tcp", "10.244.2.8:8080")
+    svc_chain = n.service_chain(WEB, "tcp")
+    assert partial.written == {WEB}
+    assert [line.split(" -j ")[-1] for line in lines_of(partial.text, svc_chain)] == \
+        ["KUBE-MARK-MASQ", n.endpoint_chain(WEB, "tcp", "10.244.1.5:8080"), new_sep]
+    assert lines_of(partial.text, new_sep)[-1].endswith("--to-destination 10.244.2.8:8080")
+    assert partial.deleted_chains == (old_sep,)
+    assert lines_of(partial.text, n.service_chain(WEB_NP, "tcp")) == []     # untouched: not rewritten
+
+
+def test_a_service_left_out_of_changed_is_still_noticed():
+    cache = RenderCache()
+    full = render(example_state(), NODE, cache=cache)
+    only_web = ProxyState({WEB: example_state().services[WEB]}, {WEB: example_state().endpoints[WEB]})
+    partial = render(only_web, NODE, changed=frozenset(), existing_chains=full.active_chains, cache=cache)
+    assert set(cache.infos) == {WEB}
+    assert n.service_chain(WEB_NP, "tcp") in partial.deleted_chains
+    assert not any("web-np" in line for line in lines_of(partial.text, "KUBE-SERVICES"))
+
+
+def test_cache_for_another_node_starts_over():
+    cache = RenderCache()
+    render(_local_state(external_policy_local=True), NODE, cache=cache)
+    other = ProxyNode("node-c", (), "10.244.0.0/16")
+    assert render(_local_state(external_policy_local=True), other, cache=cache).text == \
+        render(_local_state(external_policy_local=True), other).text
 
 
 # --- cleanup, jumps, backend, node ------------------------------------------
