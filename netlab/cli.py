@@ -25,6 +25,7 @@ from .cluster import cli as cluster_cli
 from .debug import cli as debug_cli
 from .model import ModelError, manifest_warnings
 from .progress import Progress
+from .store import StoreError
 
 DEFAULT_NAMESPACE = "default"   # kubectl's, without a kubeconfig context
 
@@ -34,8 +35,8 @@ DEFAULT_NAMESPACE = "default"   # kubectl's, without a kubeconfig context
 class LabView:
     """One lab's records, read once per command through state.LabState."""
 
-    def __init__(self, lab_name: str):
-        self.paths, store, self.lab = engine.open_lab(lab_name)
+    def __init__(self, lab_name: str, store: str | None = None):
+        self.paths, store, self.lab = engine.open_lab(lab_name, store)
         self.state = state.LabState(store)
 
     def pods(self, namespace: str | None = None) -> list[dict]:
@@ -49,8 +50,11 @@ class LabView:
         return out
 
     def nodes(self, namespace: str | None = None) -> list[dict]:
-        statuses = self.state.node_statuses()
-        return [views.node_object(node, statuses.get(node.name), agent_pid=state.agent_alive(self.paths, node.name),
+        statuses, beats = self.state.node_statuses(), self.state.heartbeats()
+        # the agent's pid from this machine's pid file, else from its heartbeat (another machine)
+        return [views.node_object(node, statuses.get(node.name),
+                                  agent_pid=state.agent_alive(self.paths, node.name)
+                                  or (beats[node.name].pid if node.name in beats else None),
                                   netns=self.lab.node_netns(node.name), vxlan=self.lab.vxlan,
                                   created=_mtime(self.paths.vtep_mac(node.name)))
                 for node in self.lab.nodes]
@@ -181,8 +185,9 @@ def cmd_get(a) -> int:
     if a.watch:
         if views.resource(what).name != "events" or names_:
             raise LabError("-w/--watch is supported for events: kube-netlab get events -w [-n NS | -A]")
-        return _watch_events(LabView(engine.resolve_lab(a.lab)), a.output, namespace)
-    return _print_get(LabView(engine.resolve_lab(a.lab)), what, a.output, namespace=namespace, names_=names_)
+        return _watch_events(LabView(engine.resolve_lab(a.lab, a.store), a.store), a.output, namespace)
+    return _print_get(LabView(engine.resolve_lab(a.lab, a.store), a.store), what, a.output, namespace=namespace,
+                      names_=names_)
 
 
 def _watch_events(view: LabView, output: str | None, namespace: str | None) -> int:
@@ -213,8 +218,9 @@ def _watch_events(view: LabView, output: str | None, namespace: str | None) -> i
 
 
 def cmd_apply(a) -> int:
-    lab = engine.resolve_lab(a.lab)
-    objects = engine.apply(lab, a.filename, timeout=a.timeout, progress=Progress(enabled=not a.quiet))
+    lab = engine.resolve_lab(a.lab, a.store)
+    objects = engine.apply(lab, a.filename, timeout=a.timeout, progress=Progress(enabled=not a.quiet),
+                           store=a.store)
     for w in manifest_warnings(objects):  # accepted, as the API server accepts it, but said
         print(f"Warning: {w}", file=sys.stderr)
     for o in objects:
@@ -223,7 +229,7 @@ def cmd_apply(a) -> int:
 
 
 def cmd_delete(a) -> int:
-    lab = engine.resolve_lab(a.lab)
+    lab = engine.resolve_lab(a.lab, a.store)
     if a.what:
         if a.what[0] not in ("node", "nodes", "no") or len(a.what) != 2:
             raise LabError("use: kube-netlab delete -f FILE, or kube-netlab delete node NAME")
@@ -232,7 +238,7 @@ def cmd_delete(a) -> int:
         return 0
     if not a.filename:
         raise LabError("nothing to delete: give -f FILE or node NAME")
-    for o in engine.delete(lab, a.filename, timeout=a.timeout):
+    for o in engine.delete(lab, a.filename, timeout=a.timeout, store=a.store):
         print(f"{o.kind.lower()}/{o.name} deleted")
     return 0
 
@@ -240,8 +246,8 @@ def cmd_delete(a) -> int:
 def cmd_exec(a, command: list[str]) -> int:
     if not command:
         raise LabError("no command: use kube-netlab exec POD -- CMD [ARGS...]")
-    lab_name = engine.resolve_lab(a.lab)
-    _, _, lab = engine.open_lab(lab_name)
+    lab_name = engine.resolve_lab(a.lab, a.store)
+    _, _, lab = engine.open_lab(lab_name, a.store)
     if a.external:
         if not lab.external:
             raise LabError(f"lab {lab_name} has no external host (spec.external is false)")
@@ -250,10 +256,13 @@ def cmd_exec(a, command: list[str]) -> int:
         if a.node not in lab.node_names:
             raise LabError(f"no node {a.node!r} in lab {lab_name} (nodes: {', '.join(lab.node_names)})")
         argv = ["ip", "netns", "exec", lab.node_netns(a.node), *command]
+        if a.store:  # a cluster's node is a machine: this one, or say which
+            _check_on_this_machine(f"node {a.node}", a.node, str(lab.node(a.node).underlay_ip), command)
+            argv = list(command)
     else:
         if not a.pod:
             raise LabError("name a pod, or use --node NAME or --external")
-        view = LabView(lab_name)
+        view = LabView(lab_name, a.store)
         pods = [p for p in view.pods(a.namespace) if p["metadata"]["name"] == a.pod]
         if not pods:
             raise LabError(f"pod {a.pod!r} not found" + (f" in namespace {a.namespace}" if a.namespace else "")
@@ -261,6 +270,11 @@ def cmd_exec(a, command: list[str]) -> int:
         if len(pods) > 1:
             raise LabError(f"pod {a.pod!r} exists in namespaces "
                            f"{', '.join(p['metadata']['namespace'] for p in pods)}; choose one with -n NAMESPACE")
+        if a.store:
+            pod = pods[0]
+            _check_on_this_machine(f"pod {a.pod} (IP {pod['status'].get('podIP') or 'none yet'})",
+                                   pod["spec"].get("nodeName"), pod["status"].get("hostIP"),
+                                   [a.pod, "-n", pod["metadata"]["namespace"], "--", *command])
         pause = pods[0]["status"]["netlab"]["pausePid"]
         if not pause or not os.path.exists(f"/proc/{pause}"):
             raise LabError(f"pod {a.pod} is {views.pod_status_text(pods[0])}, not running")
@@ -271,14 +285,28 @@ def cmd_exec(a, command: list[str]) -> int:
     return 127
 
 
+def _check_on_this_machine(what: str, node: str | None, host_ip: str | None, rest: list[str]) -> None:
+    """In a cluster across machines, exec works only where the pod or node is: say where else."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)}
+    if host_ip and host_ip in local:
+        return
+    where = f"node {node} ({host_ip})" if host_ip else f"node {node or '(not scheduled yet)'}"
+    cmd = " ".join(["kube-netlab", "exec", *(rest if "--" in rest else ["--node", node or "NODE", "--", *rest])])
+    raise LabError(f"{what} runs on {where}, another machine: run it there, e.g. "
+                   f"vagrant ssh {node or 'NODE'} -c 'sudo -i {cmd}'; from this machine its pod IPs are "
+                   f"reachable over the overlay (ping, curl)")
+
+
 def cmd_status(a) -> int:
-    labs = [a.lab] if a.lab else state.list_labs()
+    labs = [engine.resolve_lab(a.lab, a.store)] if a.store else [a.lab] if a.lab else state.list_labs()
     if not labs:
         print("no lab is running")
         return 0
     for name in labs:
-        engine.resolve_lab(name)
-        view = LabView(name)
+        engine.resolve_lab(name, a.store)
+        view = LabView(name, a.store)
         nodes, pods, services = view.nodes(), view.pods(), view.services()
         phases: dict[str, int] = {}
         for p in pods:
@@ -301,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     def lab_opt(sp):
         sp.add_argument("--lab", "-l", default=os.environ.get("NETLAB_LAB"),
                         help="which lab (default: the only one running)")
+        sp.add_argument("--store", default=os.environ.get("NETLAB_STORE") or None,
+                        help="the cluster's store, e.g. etcd://192.168.56.11:2379 (default: $NETLAB_STORE, "
+                             "else the lab's own state file)")
 
     sp = sub.add_parser("up", help="build or converge a lab and wait until it is ready")
     sp.add_argument("file", metavar="LAB.yaml")
@@ -375,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing was created or changed", file=sys.stderr)
         return 2
     except (LabError, views.UnknownResource) as e:
+        print(f"kube-netlab: {e}", file=sys.stderr)
+        return 1
+    except StoreError as e:  # e.g. the cluster's etcd went away in the middle of a command
         print(f"kube-netlab: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from .external import ensure_external_services
 from .progress import Progress
 from .realize import ensure_netns, ensure_node, ensure_underlay, ensure_underlay_port, remove_netns
 from .realize.namespace import HOST_NETNS_ENV, host_netns_id, netns_exists, pids_by_netns, process_alive
-from .store import open_store
+from .store import StoreError, open_store
 from .store.subnets import find_lease, release_lease
 
 AGENT_START_TIMEOUT = 30.0
@@ -36,8 +36,14 @@ class LabError(Exception):
 
 # --- which lab -----------------------------------------------------------------------------
 
-def resolve_lab(name: str | None) -> str:
-    """The lab a command is about: the one named, or the only one running."""
+def resolve_lab(name: str | None, store: str | None = None) -> str:
+    """The lab a command is about: the one named, or the only one running. With store (a
+    cluster's etcd://... or a state file), the lab whose document that store holds."""
+    if store:
+        lab = _stored_lab(store)
+        if name and name != lab.name:
+            raise LabError(f"the store {store} holds lab {lab.name!r}, not {name!r}; drop --lab or use its name")
+        return lab.name
     labs = state.list_labs()
     if name:
         if name not in labs and not state.LabPaths(name).exists():
@@ -51,13 +57,40 @@ def resolve_lab(name: str | None) -> str:
     raise LabError(f"several labs are running ({', '.join(labs)}); choose one with --lab NAME")
 
 
-def open_lab(name: str):
+def open_lab(name: str, store: str | None = None):
+    """The lab's local paths, its store and its document. store: where the state is when
+    it is not the lab's own SQLite file (a cluster's etcd://IP:2379, --store/NETLAB_STORE)."""
     paths = state.LabPaths(name)
-    store = open_store(paths.store)
-    lab = state.LabState(store).lab()
+    if store:
+        return paths, *_open_stored(store)
+    opened = open_store(paths.store)
+    lab = state.LabState(opened).lab()
     if lab is None:
         raise LabError(f"lab {name!r} has no recorded state; run kube-netlab down {name} and up again")
-    return paths, store, lab
+    return paths, opened, lab
+
+
+def _open_stored(location: str):
+    try:
+        opened = open_store(location)
+        lab = state.LabState(opened).lab()
+    except StoreError as e:
+        raise LabError(f"{e}. Check --store (or NETLAB_STORE)") from None
+    if lab is None:
+        raise LabError(f"no cluster in the store {location}: start one with kube-netlab control up --store {location}")
+    return opened, lab
+
+
+def _stored_lab(location: str) -> Lab:
+    return _open_stored(location)[1]
+
+
+def agent_alive(paths: state.LabPaths, lab_state: state.LabState, node: str) -> bool:
+    """Whether the node's agent runs: its pid when it was started from this machine (known at
+    once), else its heartbeat in the store (a node on another machine, any backend)."""
+    if os.path.exists(paths.agent_pid(node)):
+        return state.agent_alive(paths, node) is not None
+    return lab_state.heartbeat(node) is not None
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -195,7 +228,7 @@ def wait_ready(store, paths: state.LabPaths, lab: Lab, timeout: float, progress:
         if len(ready_nodes) == len(lab.nodes) and len(done) == len(want_pods):
             progress.finish()
             return
-        dead = [n for n in lab.node_names if n not in ready_nodes and not state.agent_alive(paths, n)]
+        dead = [n for n in lab.node_names if n not in ready_nodes and not agent_alive(paths, lab_state, n)]
         if dead or failed or time.monotonic() > deadline:
             progress.finish()
             problems = [f"node {n}: agent exited ({_last_line(paths.agent_log(n))}); see {paths.agent_log(n)}"
@@ -233,8 +266,9 @@ def pod_statuses(store) -> dict[str, dict]:
 
 # --- apply / delete ------------------------------------------------------------------------
 
-def apply(lab_name: str, path: str, *, timeout: float = 60.0, progress: Progress | None = None) -> list:
-    paths, store, lab = open_lab(lab_name)
+def apply(lab_name: str, path: str, *, timeout: float = 60.0, progress: Progress | None = None,
+          store: str | None = None) -> list:
+    paths, store, lab = open_lab(lab_name, store)
     objects = load_manifests(path)
     new = lab.with_objects(merge_objects(lab.objects, objects))
     _write_desired(store, new)
@@ -242,8 +276,8 @@ def apply(lab_name: str, path: str, *, timeout: float = 60.0, progress: Progress
     return objects
 
 
-def delete(lab_name: str, path: str, *, timeout: float = 60.0) -> list:
-    paths, store, lab = open_lab(lab_name)
+def delete(lab_name: str, path: str, *, timeout: float = 60.0, store: str | None = None) -> list:
+    paths, store, lab = open_lab(lab_name, store)
     objects = load_manifests(path)
     new = lab.with_objects(remove_objects(lab.objects, objects))
     _write_desired(store, new)
@@ -253,7 +287,7 @@ def delete(lab_name: str, path: str, *, timeout: float = 60.0) -> list:
     while time.monotonic() < deadline:  # until the agents have removed them
         # a dead agent removes its pods when it runs again (the next `up`): no point waiting for it
         left = [k for k, st in lab_state.pod_statuses().items()
-                if k not in wanted and state.agent_alive(paths, st.node)]
+                if k not in wanted and agent_alive(paths, lab_state, st.node)]
         if not left:
             break
         time.sleep(0.1)

@@ -34,6 +34,11 @@ POD_STATUS = "/netlab/status/pods/"          # the pod's agent: <ns>/<name> -> P
 NODE_STATUS = "/netlab/status/nodes/"        # the node's agent: <node> -> NodeStatus
 EVENTS = "/netlab/events/"                   # every agent: <ns>/<name> -> a v1 Event, expiring after EVENT_TTL
 EVENT_TTL = 3600.0                           # kube-apiserver's --event-ttl (1 h)
+CLUSTER_KEY = "/netlab/cluster"              # control up: the cluster's lab document without nodes (they join)
+LOCKS = "/netlab/locks/"                     # short TTL'd keys taken with create(): one writer of desired state
+HEARTBEATS = "/netlab/heartbeats/"           # each agent, its node: <node> -> NodeHeartbeat, TTL'd (the kubelet's Lease)
+HEARTBEAT_SECONDS = 10.0                     # the kubelet renews its Lease every 10 s ...
+HEARTBEAT_TTL = 40.0                         # ... and it lasts 40 s (node-monitor-grace-period)
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -510,3 +515,49 @@ class LabState:
         for e in self.store.watch(prefix, start, stop=stop, timeout=timeout):
             if e.kv.value:
                 yield EventRecord.from_dict(json.loads(e.kv.value))
+
+    # a cluster across machines: its settings, written once by control up
+    def cluster_doc(self) -> dict | None:
+        """The lab document control up wrote, with "nodes": [] (nodes join later)."""
+        return self.store.get_json(CLUSTER_KEY)
+
+    def put_cluster_doc(self, doc: dict) -> bool:
+        return self._put(CLUSTER_KEY, doc)
+
+    # agent heartbeats: the node's agent is alive while its key exists (it expires with the TTL)
+    def heartbeats(self) -> dict[str, "NodeHeartbeat"]:
+        return {_tail(kv.key, HEARTBEATS): NodeHeartbeat.from_dict(kv.json()) for kv in self.store.list(HEARTBEATS)}
+
+    def heartbeat(self, node: str) -> "NodeHeartbeat | None":
+        kv = self.store.get(HEARTBEATS + node)
+        return None if kv is None else NodeHeartbeat.from_dict(kv.json())
+
+    def put_heartbeat(self, hb: "NodeHeartbeat") -> None:
+        """Always written: the write renews the key's TTL."""
+        self.store.put(HEARTBEATS + hb.node, dumps(hb.to_dict()), ttl=hb.duration)
+
+    def delete_heartbeat(self, node: str) -> None:
+        self.store.delete(HEARTBEATS + node)
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    """A node agent's liveness, shaped like the kubelet's coordination.k8s.io Lease
+    (holderIdentity, leaseDurationSeconds, renewTime) plus where the agent runs, so a
+    CLI on another machine can say where a node's processes are."""
+
+    node: str
+    host: str                  # the machine's hostname
+    pid: int
+    renew_time: float          # wall clock
+    duration: float = HEARTBEAT_TTL
+    host_mode: bool = False    # the agent acts in its host's own namespace (node join)
+
+    def to_dict(self) -> dict:
+        return {"holderIdentity": self.node, "host": self.host, "pid": self.pid, "renewTime": self.renew_time,
+                "leaseDurationSeconds": self.duration, "hostMode": self.host_mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NodeHeartbeat":
+        return cls(d["holderIdentity"], d.get("host", ""), d.get("pid", 0), d.get("renewTime", 0.0),
+                   d.get("leaseDurationSeconds", HEARTBEAT_TTL), d.get("hostMode", False))

@@ -17,6 +17,10 @@ converges: same lease (PublicIP), same VTEP MAC (kept on disk), pods adopted whe
 processes still run.
 
     nsenter --net=/run/netns/<lab>-<node> python -m netlab.agent --lab LAB --node NODE
+
+In a cluster across machines (`kube-netlab node join`) it runs in the host's own namespace
+with --host-mode, against etcd with --store etcd://IP:2379. While the store is unreachable
+the data path stays as it is: syncs fail (and are retried), nothing is removed.
 """
 from __future__ import annotations
 
@@ -32,12 +36,14 @@ from typing import Callable
 
 from .. import state
 from ..model import names
+from ..realize import enable_host_mode
 from ..state import LabState, NodeCondition, NodeStatus
 from ..events import WARNING, EventRecorder
-from ..store import open_store
+from ..store import StoreError, StoreUnavailable, open_store
 from ..store.subnets import DEFAULT_TTL
 from .controller import Controller, Watcher
 from .endpoints import EndpointsController
+from .heartbeat import HeartbeatController
 from .overlay import OverlayController
 from .pods import PodsController
 from .proxy import ProxyController
@@ -50,6 +56,7 @@ WATCH_SECONDS = 0.1   # how often the watcher reads the store's events
 def build_controllers(agent: "Agent") -> list[Controller]:
     """The node's controllers, in setup order (pods need the overlay's subnet). One line a controller."""
     return [
+        HeartbeatController(agent),
         OverlayController(agent, lease_ttl=agent.lease_ttl),
         PodsController(agent),
         EndpointsController(agent),
@@ -60,7 +67,8 @@ def build_controllers(agent: "Agent") -> list[Controller]:
 class Agent:
     def __init__(self, lab_name: str, node: str, paths: state.LabPaths | None = None, *, store=None,
                  clock: Callable[[], float] = time.time, lease_ttl: float | None = DEFAULT_TTL,
-                 controllers: Callable[["Agent"], list[Controller]] = build_controllers):
+                 controllers: Callable[["Agent"], list[Controller]] = build_controllers,
+                 host_mode: bool = False):
         self.paths = paths or state.LabPaths(lab_name)
         self.store = store or open_store(self.paths.store)
         self.state = LabState(self.store)
@@ -69,7 +77,10 @@ class Agent:
         if self.lab is None:
             raise RuntimeError(f"lab {lab_name!r} has no lab document in {self.paths.store}; run kube-netlab up")
         self.node = self.lab.node(node)
-        self.netns = names.node_netns(self.lab.name, node)
+        self.host_mode = host_mode              # the node is this host (node join): act in our own namespace
+        self.netns = enable_host_mode() if host_mode else names.node_netns(self.lab.name, node)
+        # the underlay device flannel.1 runs over: eth0 in a lab node; on a host, the one with its address
+        self.underlay_dev = _iface_with(self.node.underlay_ip) if host_mode else names.NODE_UPLINK
         self.clock = clock                      # wall clock: statuses, leases and backoffs
         self.lease_ttl = lease_ttl
         self.lease = None                       # set by the overlay controller
@@ -134,7 +145,10 @@ class Agent:
 
     def report_node(self, fatal: str = "") -> None:
         with self._report_lock:  # controllers report from their own threads
-            self.state.put_node_status(self.node.name, self.node_status(fatal))
+            try:
+                self.state.put_node_status(self.node.name, self.node_status(fatal))
+            except StoreError as e:  # the store is away: the next report after it returns says it all
+                log.warning("cannot report the node's status: %s", e)
 
     # --- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -155,10 +169,16 @@ class Agent:
                    for c in self.controllers]
         for t in threads:
             t.start()
+        unreachable = None
         try:
             while not stop.wait(WATCH_SECONDS):
                 try:
                     watcher.step()
+                    unreachable = None
+                except StoreUnavailable as e:  # said once per outage; the controllers retry on their own
+                    if unreachable is None:
+                        log.warning("store unreachable, keeping the data path as it is: %s", e)
+                    unreachable = e
                 except Exception:
                     log.error("watch failed:\n%s", traceback.format_exc())
         finally:
@@ -170,10 +190,21 @@ class Agent:
             cni_thread.join(timeout=2)
 
 
+def _iface_with(ip) -> str:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=2, address=str(ip)):
+            return ipr.get_links(addr["index"])[0].get_attr("IFLA_IFNAME")
+    raise RuntimeError(f"no interface of this host has the node's underlay address {ip}; join again with --iface")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m netlab.agent", description="kube-netlab node agent")
     p.add_argument("--lab", required=True)
     p.add_argument("--node", required=True)
+    p.add_argument("--store", help="the store's location (default: the lab's SQLite file), e.g. etcd://IP:2379")
+    p.add_argument("--host-mode", action="store_true",
+                   help="the node is this host: act in this process's own network namespace (node join)")
     p.add_argument("--lease-ttl", type=float, default=DEFAULT_TTL,
                    help="seconds a subnet lease lasts unless renewed (flannel's 24 h by default)")
     a = p.parse_args(argv)
@@ -182,7 +213,8 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    agent = Agent(a.lab, a.node, lease_ttl=a.lease_ttl)
+    agent = Agent(a.lab, a.node, lease_ttl=a.lease_ttl, store=open_store(a.store) if a.store else None,
+                  host_mode=a.host_mode)
     try:
         agent.run(stop)
     except Exception:

@@ -135,7 +135,8 @@ class OverlayController(Controller):
         state.write_file(self.paths.subnet_env(node.name),
                          render_subnet_env(lab.pod_cidr, subnet, lab.overlay_mtu, ipmasq=True))
         ensure_vxlan(self.netns, subnet, vtep_mac=self.vtep_mac, local_ip=str(node.underlay_ip),
-                     vni=lab.vxlan.vni, port=lab.vxlan.port, mtu=lab.overlay_mtu)
+                     vni=lab.vxlan.vni, port=lab.vxlan.port, mtu=lab.overlay_mtu,
+                     underlay_dev=getattr(self.agent, "underlay_dev", "eth0"))
         ensure_masquerade(self.netns, str(lab.pod_cidr), subnet)
 
     def sync(self, full: bool) -> None:

@@ -3,6 +3,9 @@ socket opened there, and a child process forked there.
 
 Every realizer goes through `iproute()` / `run_in()`, and both refuse the
 root namespace: emulated labs must never change the host's own networking.
+The one exception is explicit: a node joined to a cluster (`kube-netlab node
+join`, the VM mode) calls enable_host_mode(), after which realizers may act in
+that process's own namespace; removing it or killing its processes stays refused.
 """
 from __future__ import annotations
 
@@ -54,12 +57,35 @@ _dev, _, _ino = host_netns_id().partition(":")
 _FORBIDDEN.add((int(_dev), int(_ino)))
 
 
-def _target(name: str) -> str:
+# Host namespaces realizers may change all the same (enable_host_mode: a node joined in VM mode).
+_HOST_MODE: set[tuple[int, int]] = set()
+
+
+def enable_host_mode() -> str:
+    """Let the realizers act in this process's own network namespace, the host's (a VM
+    joining a cluster is the node). Returns the path that names it to the realizers: an
+    fd kept open on it, so it stays right whichever thread or namespace asks later."""
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    path = f"/proc/{os.getpid()}/fd/{fd}"
+    _HOST_MODE.add(_ns_id(path))
+    return path
+
+
+def is_host_mode(name: str) -> bool:
+    try:
+        return _ns_id(_netns.path_of(name)) in _HOST_MODE
+    except OSError:
+        return False
+
+
+def _target(name: str, *, removing: bool = False) -> str:
     if not name:
         raise RootNamespaceError("no namespace given: realizers never act in the root namespace")
     path = _netns.path_of(name)
-    if _ns_id(path) in _FORBIDDEN:
-        raise RootNamespaceError(f"{name!r} is the root network namespace; refusing to change it")
+    ns = _ns_id(path)
+    if ns in _FORBIDDEN and (removing or ns not in _HOST_MODE):
+        raise RootNamespaceError(f"{name!r} is the root network namespace; refusing to "
+                                 + ("remove it" if removing else "change it outside host mode (node join)"))
     return path
 
 
@@ -179,7 +205,7 @@ def remove_netns(name: str, *, kill: bool = True, grace: float = 1.0) -> bool:
     if not os.path.lexists(path):
         return False
     if netns_exists(name):
-        _target(name)  # never unmount the root namespace, whatever it is called
+        _target(name, removing=True)  # never unmount the root namespace, whatever it is called
         if kill:
             kill_netns_processes(name, grace)
     res = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)

@@ -23,7 +23,8 @@ NODE_SYSCTLS = {
 def ensure_node(node_ns: str, sysctls: dict[str, str] | None = None) -> bool:
     """Create the node namespace (lo up) and set its sysctls. Idempotent;
     returns True if anything changed."""
-    changed = namespace.ensure_netns(node_ns)
+    # in host mode (node join) the node is the host: its namespace exists and is not ours to make
+    changed = False if namespace.is_host_mode(node_ns) else namespace.ensure_netns(node_ns)
     for key, value in {**NODE_SYSCTLS, **(sysctls or {})}.items():
         changed |= namespace.set_sysctl(node_ns, key, value)
     return changed

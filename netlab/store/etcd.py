@@ -92,7 +92,8 @@ class EtcdStore(Store):
         c = getattr(self._local, "client", None)
         if c is None:
             c = self._local.client = Etcd3Client(self.host, self.port, timeout=self.timeout,
-                                                                api_path="/v3/")
+                                                 api_path="/v3/")
+            c.session.trust_env = False  # etcd is on the cluster's network: never through an HTTP proxy
         return c
 
     def _post(self, path: str, body: dict) -> dict:
@@ -301,6 +302,7 @@ class _WatchStream:
         create = {"key": _b64(key), "range_end": _b64(range_end), "start_revision": start_revision,
                   "prev_kv": True}
         c = Etcd3Client(store.host, store.port, api_path="/v3/")  # its own connection
+        c.session.trust_env = False
         self.session = c.session
         self.start_revision = start_revision
         try:
