@@ -239,7 +239,8 @@ def explain_service(lab, svc, slices, node: NodeFacts, nodes: list[NodeFacts], *
             if ep.node not in seen_nodes:
                 seen_nodes.add(ep.node)
                 _way_to(ex, node, owner, lab.vxlan.device, f"{ep.node}'s pods")
-    _masquerade_steps(ex, lab, node, backend)
+    if reached:
+        _masquerade_steps(ex, lab, node, backend)
     return ex
 
 
@@ -277,28 +278,45 @@ def _iptables_steps(ex: Explanation, p, eps, pnode, node: NodeFacts, backend: st
 
 
 def _nftables_steps(ex: Explanation, p, eps, pnode, node: NodeFacts, layout: str) -> list:
+    """In packet order: the dispatch maps, the chains (a NodePort's external chain first, the
+    maps layout's shared lb chains last), then what they look up (endpoint slots, hairpin)."""
     from proxy.nftables.render import CLUSTER_IPS, containers, render_piece
     from proxy.types import categorize
     piece = render_piece(pnode, p, eps, layout)
     kinds = containers(layout)
     label = f"{p.name} {p.port}/{p.protocol}"
-    for (container, key), value in sorted(piece.elements.items(), key=lambda kv: _container_order(kv[0][0])):
-        if container == CLUSTER_IPS:   # a bare address set: grep could not tell 10.96.0.2 from 10.96.0.20
-            continue
-        target = f" -> {value.split(' : ', 1)[1]}" if " : " in value else ""
-        ex.add(f"{label}: {container} maps {key}{target}", node.netns,
-               ("nft", "list", kinds[container][0], *NFT_TABLE, container), grep=(f"{key} ",), expect=key)
-    for chain in [*piece.chains, *sorted(piece.shared)]:
+    elements = sorted(((c, k, v) for (c, k), v in piece.elements.items() if c != CLUSTER_IPS),
+                      key=lambda e: _container_order(e[0]))   # cluster-ips: a bare address set, not greppable
+    dispatch = [e for e in elements if _container_order(e[0]) < len(DISPATCH)]
+    for container, key, value in dispatch:
+        _nft_element(ex, label, node, kinds[container][0], container, key, value)
+    external = [c for c in piece.chains if c.startswith("external-")]
+    for chain in [*external, *(c for c in piece.chains if c not in external), *sorted(piece.shared)]:
         ex.add(f"{label}: chain {chain}", node.netns, ("nft", "list", "chain", *NFT_TABLE, chain),
                expect=f"chain {chain}")
+    # then the endpoint slots, and last the hairpin set the masquerading chain checks
+    for container, key, value in sorted(elements[len(dispatch):], key=lambda e: kinds[e[0]][0] == "set"):
+        _nft_element(ex, label, node, kinds[container][0], container, key, value)
     return list(categorize(p, eps, node.name).all_reachable)
 
 
+def _nft_element(ex: Explanation, label: str, node: NodeFacts, kind: str, container: str, key: str,
+                 value: str) -> None:
+    # an element's text ends its key with " :" in a map, with "," or " }" in a set
+    grep = (f"{key} ",) if kind == "map" else (f"{key},", f"{key} }}")
+    probe = Probe(node.netns, ("nft", "list", kind, *NFT_TABLE, container), grep)
+    if any(s.probe == probe for s in ex.steps):   # shared by the Service's ports (hairpin-endpoints)
+        return
+    target = f" -> {value.split(' : ', 1)[1]}" if " : " in value else ""
+    ex.steps.append(Step(f"{label}: {container} {'maps' if kind == 'map' else 'holds'} {key}{target}", probe, key))
+
+
+# the maps and sets a packet meets first, in that order (then its chains)
+DISPATCH = ("service-ips", "no-endpoint-services", "nodeport-ips", "service-nodeports", "no-endpoint-nodeports")
+
+
 def _container_order(container: str) -> int:
-    """Dispatch maps first (where a packet meets them), endpoint maps after."""
-    order = ("cluster-ips", "service-ips", "no-endpoint-services", "nodeport-ips", "service-nodeports",
-             "no-endpoint-nodeports")
-    return order.index(container) if container in order else len(order)
+    return DISPATCH.index(container) if container in DISPATCH else len(DISPATCH)
 
 
 def _ipvs_steps(ex: Explanation, p, eps, node: NodeFacts) -> list:

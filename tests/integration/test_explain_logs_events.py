@@ -85,6 +85,30 @@ def test_explain_svc_shows_kube_proxys_rules_and_the_commands_print_them(lab):
     assert "$ ip netns exec " + f"{lab.name}-node-a iptables-save -t nat | grep -F -e '-j KUBE-SVC-" in text
 
 
+@pytest.mark.parametrize("layout", ["kube-proxy", "maps"])
+def test_explain_svc_in_nftables_mode_shows_the_maps_and_chains(tmp_path, layout):
+    text = open(TWO_NODE).read().replace("proxyMode: iptables", f"proxyMode: nftables\n  nftables: {{layout: {layout}}}")
+    path = tmp_path / "nft.yaml"
+    path.write_text(text.replace("- workloads/", f"- {os.path.dirname(TWO_NODE)}/workloads/"))
+    nft = Lab(str(path))
+    try:
+        nft.up()
+        ex = explain(nft, "svc", "echo-nodeport")
+        commands = [s["command"] for s in ex["steps"]]
+        listed = f"ip netns exec {nft.name}-node-a nft list "
+        assert f"{listed}map ip kube-proxy service-ips | grep -F -e '10.96.0.3 . tcp . 80 '" in commands
+        assert f"{listed}map ip kube-proxy service-nodeports | grep -F -e 'tcp . 30080 '" in commands
+        # ClientIP affinity keeps kube-proxy's chains in both layouts
+        assert f"{listed}chain ip kube-proxy external-JVQ62JQQ-default/echo-nodeport/tcp/http" in commands
+        assert sum("dnat to 10.244." in line for s in ex["steps"] for line in s["output"]) == 4
+        assert not [s["title"] for s in ex["steps"] if s["missing"]]
+        for step in ex["steps"]:
+            assert shell(step["command"]) == step["output"], step["command"]
+    finally:
+        nft.down()
+    assert lab_leftovers(nft.name) == []
+
+
 def test_explain_node_shows_each_peers_route_neighbour_and_fdb_entry(lab):
     nodes = {n["metadata"]["name"]: n for n in items(lab.name, "nodes")}
     peer = nodes["node-b"]

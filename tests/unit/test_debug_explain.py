@@ -136,3 +136,15 @@ def test_iptables_save_names_the_backend_only_when_it_is_not_the_systems():
     other = "legacy" if be.binary_backend() == "nft" else "nft"
     assert iptables_save(be.binary_backend()) == iptables_save(None) == "iptables-save"
     assert iptables_save(other) == f"iptables-{other}-save"
+
+
+def test_nftables_maps_layout_dispatch_then_the_shared_chain_then_its_slots():
+    from dataclasses import replace
+    cmds = commands(service(replace(LAB, proxy_mode="nftables", nftables_layout="maps")))
+    nft = "ip netns exec ex-node-a nft list"
+    assert cmds[2:7] == [f"{nft} map ip kube-proxy service-ips | grep -F -e '10.96.0.2 . tcp . 80 '",
+                         f"{nft} chain ip kube-proxy lb-2",
+                         f"{nft} map ip kube-proxy service-endpoints-tcp | grep -F -e '10.96.0.2 . tcp . 80 . 0 '",
+                         f"{nft} map ip kube-proxy service-endpoints-tcp | grep -F -e '10.96.0.2 . tcp . 80 . 1 '",
+                         f"{nft} set ip kube-proxy hairpin-endpoints | grep -F -e '10.244.1.2 . 10.244.1.2,' "
+                         f"-e '10.244.1.2 . 10.244.1.2 }}'"]
