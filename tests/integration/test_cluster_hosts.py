@@ -185,3 +185,68 @@ def test_two_hosts_join_talk_over_vxlan_share_a_service_and_leave_nothing(cluste
     # its pod was scheduled onto vm1
     wait_for("web runs twice on vm1", lambda: sorted(p["spec"]["nodeName"] for p in cluster.pods()
                                                    if p["metadata"]["name"].startswith("web-")) == [vm1, vm1])
+
+
+def _two_hosts_with_web(cluster, *, vm2_lease_ttl: float | None = None) -> tuple[dict, dict]:
+    vm1, vm2 = cluster.vm1, cluster.vm2
+    on(vm1, "control", "up", "--store", STORE, "--lab", cluster.name)
+    on(vm1, "node", "join", "--store", STORE, "--name", vm1)
+    on(vm2, "node", "join", "--store", STORE, "--name", vm2,
+       *(["--lease-ttl", str(vm2_lease_ttl)] if vm2_lease_ttl else []))
+    manifest = os.path.join(os.path.dirname(cluster.etcd.data_dir), "web.yaml")
+    with open(manifest, "w") as f:
+        f.write(WEB)
+    on(vm1, "apply", "-f", manifest, "--store", STORE)
+    web = {p["spec"]["nodeName"]: p for p in cluster.pods() if p["metadata"]["name"].startswith("web-")}
+    return web[vm1], web[vm2]
+
+
+def _nodes_ready(cluster) -> bool:
+    proc = on(cluster.vm1, "get", "nodes", "-o", "json", "--store", STORE, check=False)
+    if proc.returncode != 0:
+        return False
+    nodes = json.loads(proc.stdout)["items"]
+    return len(nodes) == 2 and all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]) for n in nodes)
+
+
+def _agent_pid(cluster, node: str) -> int:
+    return state.read_pid(state.LabPaths(cluster.name).agent_pid(node))
+
+
+def test_an_etcd_restart_and_a_cut_link_keep_the_data_path_and_the_leases(cluster):
+    a, b = _two_hosts_with_web(cluster)
+    leases = cluster.leases()
+    agents = {vm: _agent_pid(cluster, vm) for vm in (cluster.vm1, cluster.vm2)}
+    ping = ("ping", "-c", "1", "-W", "2", b["status"]["podIP"])
+
+    cluster.etcd.stop()
+    assert _in_pod(a, *ping).returncode == 0                 # the data path does not need etcd
+    status = on(cluster.vm1, "status", "--store", STORE, check=False)
+    assert status.returncode == 1 and "unreachable" in status.stderr
+    cluster.etcd.start()
+    wait_for("both nodes Ready again", lambda: _nodes_ready(cluster))
+    assert cluster.leases() == leases                         # the same subnets, no second lease
+    assert {vm: _agent_pid(cluster, vm) for vm in agents} == agents   # the agents rode it out
+    assert _in_pod(a, *ping).returncode == 0
+
+    # vm2's underlay link cut (from etcd and from vm1), then back
+    sh(cluster.underlay, "ip", "link", "set", "p2", "down")
+    assert _in_pod(a, *ping, check=False).returncode != 0     # really cut
+    sh(cluster.underlay, "ip", "link", "set", "p2", "up")
+    wait_for("vm2 reachable again", lambda: _in_pod(a, *ping, check=False).returncode == 0)
+    wait_for("both nodes Ready again", lambda: _nodes_ready(cluster))
+    assert cluster.leases() == leases
+    pods = {p["metadata"]["name"]: p["status"]["podIP"] for p in cluster.pods()}
+    assert pods[a["metadata"]["name"]] == a["status"]["podIP"] and pods[b["metadata"]["name"]] == b["status"]["podIP"]
+
+
+def test_a_host_whose_lease_expires_disappears_from_the_others(cluster):
+    _two_hosts_with_web(cluster, vm2_lease_ttl=3)
+    vm2_subnet = cluster.leases()["192.168.56.12"]
+    wait_for("vm1 has vm2 as its peer", lambda: _peers(cluster.vm1) == {vm2_subnet})
+    os.kill(_agent_pid(cluster, cluster.vm2), signal.SIGKILL)   # nobody renews vm2's lease now
+    wait_for("vm1 drops vm2 once its lease expired", lambda: not _peers(cluster.vm1))
+    assert vm2_subnet not in sh(cluster.vm1, "ip", "route").stdout
+    assert "192.168.56.12" not in sh(cluster.vm1, "bridge", "fdb", "show", "dev", "flannel.1").stdout
+    assert "192.168.56.12" not in cluster.leases()
