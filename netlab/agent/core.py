@@ -51,6 +51,7 @@ from .runner import BoundedFrequencyRunner
 
 log = logging.getLogger("netlab.agent")
 WATCH_SECONDS = 0.1   # how often the watcher reads the store's events
+STORE_RETRY_MAX = 8.0  # seconds: the longest backoff between syncs while the store is unreachable
 
 
 def build_controllers(agent: "Agent") -> list[Controller]:
@@ -88,6 +89,7 @@ class Agent:
         self.proxy_mode: str | None = None      # the mode whose rules the node runs (the proxy controller's)
         self.started = False                    # every controller set up and synced once
         self.failures: dict[str, str] = {}      # controller name -> why its last sync failed
+        self._unreachable: dict[str, int] = {}  # controller name -> syncs failed in a row on an unreachable store
         self._conditions: dict[str, NodeCondition] = {}
         self._report_lock = threading.Lock()
         self.controllers = controllers(self)
@@ -105,13 +107,20 @@ class Agent:
         try:
             c.sync(full)
         except Exception as e:
-            log.error("%s: sync failed:\n%s", c.name, traceback.format_exc())
+            delay = c.retry_seconds
+            if isinstance(e, StoreUnavailable):  # etcd down or cut off: back off, keep the data path as it is
+                n = self._unreachable[c.name] = self._unreachable.get(c.name, 0) + 1
+                delay = min(c.retry_seconds * 2 ** (n - 1), STORE_RETRY_MAX)
+                log.warning("%s: store unreachable (attempt %d, next in %.0fs): %s", c.name, n, delay, e)
+            else:
+                log.error("%s: sync failed:\n%s", c.name, traceback.format_exc())
             self.failures[c.name] = f"{type(e).__name__}: {e}"
             c.node_event("SyncFailed", f"{c.name}: {self.failures[c.name]}", WARNING)
             if c.runner is not None:
-                c.runner.retry_after(c.retry_seconds, full=True)
+                c.runner.retry_after(delay, full=True)
             self.report_node()
             return False
+        self._unreachable.pop(c.name, None)
         if self.failures.pop(c.name, None) is not None:
             log.info("%s: sync succeeded again", c.name)
             self.report_node()
