@@ -13,7 +13,7 @@ set -euo pipefail
 
 REPO=${NETLAB_REPO:-/vagrant}
 ETCD_PORT=2379
-FLANNEL_PREFIX=/coreos.com/network   # flannel's default etcd prefix; control up writes <prefix>/config
+CLUSTER_KEY=/netlab/cluster   # netlab/state.py CLUSTER_KEY: control up writes it after flannel's config; join needs it
 CONTROL_WAIT_SECONDS=${NETLAB_CONTROL_WAIT:-900}   # a first VM's bootstrap downloads packages for minutes
 PROXY_MODES="iptables nftables ipvs"
 NFTABLES_LAYOUTS="kube-proxy maps"
@@ -137,13 +137,13 @@ EOF
 }
 
 # The other VMs may boot first (vagrant-libvirt brings machines up in
-# parallel): wait until the first VM's etcd holds the cluster config.
+# parallel): wait until the first VM's etcd holds the cluster (control up done).
 wait_for_control_plane() {
   local waited=0
   until [ -n "$(etcdctl --endpoints "http://$CONTROL_IP:$ETCD_PORT" --dial-timeout 2s \
-                 get --print-value-only "$FLANNEL_PREFIX/config" 2>/dev/null)" ]; do
+                 get --print-value-only "$CLUSTER_KEY" 2>/dev/null)" ]; do
     if [ "$waited" -ge "$CONTROL_WAIT_SECONDS" ]; then
-      die "no cluster config at etcd://$CONTROL_IP:$ETCD_PORT$FLANNEL_PREFIX/config after ${waited}s;" \
+      die "no cluster at etcd://$CONTROL_IP:$ETCD_PORT (key $CLUSTER_KEY) after ${waited}s;" \
         "is the first VM up? (vagrant up node-a; vagrant provision node-a)"
     fi
     [ "$waited" -eq 0 ] && say "waiting for the control plane on $CONTROL_IP"

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from netlab import state
+from netlab.model.lab import NFTABLES_LAYOUTS, PROXY_MODES
+
 REPO = Path(__file__).resolve().parents[2]
 VAGRANTFILE = REPO / "Vagrantfile"
 PROVISION = REPO / "scripts" / "vagrant-provision.sh"
@@ -90,6 +93,15 @@ def test_iface_for_address_without_the_address_says_what_it_found():
     assert "no interface has address 192.168.56.11" in result.stderr
     assert "eth0=10.0.2.15/24" in result.stderr
     assert "vagrant reload" in result.stderr
+
+
+def test_provision_script_agrees_with_the_project():
+    """Its choices are the lab file's, and it waits for the key control up writes."""
+    result = run_sourced('echo "$PROXY_MODES"; echo "$NFTABLES_LAYOUTS"; echo "$CLUSTER_KEY"')
+    modes, layouts, key = result.stdout.splitlines()
+    assert tuple(modes.split()) == PROXY_MODES
+    assert tuple(layouts.split()) == NFTABLES_LAYOUTS
+    assert key == state.CLUSTER_KEY
 
 
 GOOD_ARGS = "--name node-b --ip 192.168.56.12 --control-ip 192.168.56.11"
@@ -218,6 +230,15 @@ def test_vagrantfile_configures_both_providers_and_a_synced_repo():
     synced = [c for c in calls if c["path"] == "vm.synced_folder"]
     assert synced[0]["args"] == [".", "/vagrant"]
     assert ".venv/" in synced[0]["kw"]["rsync__exclude"]
+
+
+@pytest.mark.parametrize("setting, choices", [("NETLAB_PROXY_MODE", PROXY_MODES),
+                                              ("NETLAB_NFTABLES_LAYOUT", NFTABLES_LAYOUTS)])
+def test_vagrantfile_accepts_exactly_the_lab_files_choices(setting, choices):
+    for choice in choices:
+        assert vagrant_plan(**{setting: choice}).returncode == 0
+    result = vagrant_plan(**{setting: "none"})
+    assert f"use one of: {', '.join(choices)}" in result.stderr
 
 
 @pytest.mark.parametrize("setting, value, fix", [
