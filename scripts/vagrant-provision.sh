@@ -12,6 +12,7 @@
 set -euo pipefail
 
 REPO=${NETLAB_REPO:-/vagrant}
+KUBE_NETLAB=${KUBE_NETLAB:-$REPO/.venv/bin/kube-netlab}
 ETCD_PORT=2379
 CLUSTER_KEY=/netlab/cluster   # netlab/state.py CLUSTER_KEY: control up writes it after flannel's config; join needs it
 CONTROL_WAIT_SECONDS=${NETLAB_CONTROL_WAIT:-900}   # a first VM's bootstrap downloads packages for minutes
@@ -129,7 +130,7 @@ stop_packaged_etcd() {
 write_profile() {
   cat >/etc/profile.d/kube-netlab.sh <<EOF
 # kube-netlab Vagrant lab (scripts/vagrant-provision.sh)
-export NETLAB_STORE=etcd://$CONTROL_IP:$ETCD_PORT
+export NETLAB_STORE=$(store_url)
 export ETCDCTL_API=3
 export ETCDCTL_ENDPOINTS=http://$CONTROL_IP:$ETCD_PORT
 case ":\$PATH:" in *":$REPO/.venv/bin:"*) ;; *) PATH=$REPO/.venv/bin:\$PATH ;; esac
@@ -143,7 +144,7 @@ wait_for_control_plane() {
   until [ -n "$(etcdctl --endpoints "http://$CONTROL_IP:$ETCD_PORT" --dial-timeout 2s \
                  get --print-value-only "$CLUSTER_KEY" 2>/dev/null)" ]; do
     if [ "$waited" -ge "$CONTROL_WAIT_SECONDS" ]; then
-      die "no cluster at etcd://$CONTROL_IP:$ETCD_PORT (key $CLUSTER_KEY) after ${waited}s;" \
+      die "no cluster at $(store_url) (key $CLUSTER_KEY) after ${waited}s;" \
         "is the first VM up? (vagrant up node-a; vagrant provision node-a)"
     fi
     [ "$waited" -eq 0 ] && say "waiting for the control plane on $CONTROL_IP"
@@ -162,17 +163,31 @@ main() {
   stop_packaged_etcd
   write_profile
 
-  local cli=$REPO/.venv/bin/kube-netlab store=etcd://$CONTROL_IP:$ETCD_PORT iface
+  local iface
   iface=$(ip -o -4 addr show | iface_for_address "$NODE_IP")
   say "$NODE_NAME: underlay $iface ($NODE_IP), the private network; not the management NIC"
 
   if [ "$IS_CONTROL" = yes ]; then
-    "$cli" control up --store "$store" --listen "$CONTROL_IP" \
-      --proxy-mode "$PROXY_MODE" --nftables-layout "$NFTABLES_LAYOUT"
+    control_up
   else
     wait_for_control_plane
   fi
-  "$cli" node join --store "$store" --name "$NODE_NAME" --iface "$iface"
+  node_join "$iface"
+}
+
+# The first VM: etcd on the private network, the cluster's settings and system objects.
+control_up() {
+  "$KUBE_NETLAB" control up --store "$(store_url)" --listen "$CONTROL_IP" \
+    --proxy-mode "$PROXY_MODE" --nftables-layout "$NFTABLES_LAYOUT"
+}
+
+# Every VM: this node's agent in the VM's own network namespace, VXLAN over IFACE.
+node_join() {
+  "$KUBE_NETLAB" node join --store "$(store_url)" --name "$NODE_NAME" --iface "$1"
+}
+
+store_url() {
+  echo "etcd://$CONTROL_IP:$ETCD_PORT"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from netlab import state
+from netlab.cli import build_parser
 from netlab.model.lab import NFTABLES_LAYOUTS, PROXY_MODES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +133,32 @@ def test_parse_args_names_the_bad_field_and_the_fix(extra, named, fix):
     assert result.returncode == 2
     assert "parsed" not in result.stdout
     assert named in result.stderr and fix in result.stderr
+
+
+def commands_run(args: str, *steps: str) -> list[list[str]]:
+    """The kube-netlab command lines the script's steps run after parse_args ARGS (one list a run)."""
+    snippet = "\n".join([f"parse_args {args}", "KUBE_NETLAB=record",
+                         'record() { printf "%s\\n" "$@"; echo --end--; }', *steps])
+    result = run_sourced(snippet)
+    assert result.returncode == 0, result.stderr
+    return [run.strip("\n").split("\n") for run in result.stdout.split("--end--\n") if run.strip()]
+
+
+def test_first_vm_commands_are_what_the_cli_takes():
+    control, join = commands_run(GOOD_ARGS.replace("node-b", "node-a") + " --control --proxy-mode ipvs",
+                                 "control_up", "node_join eth1")
+    parsed = build_parser().parse_args(control)
+    assert (parsed.store, parsed.listen) == ("etcd://192.168.56.11:2379", "192.168.56.11")
+    assert (parsed.proxy_mode, parsed.nftables_layout) == ("ipvs", "kube-proxy")
+    parsed = build_parser().parse_args(join)
+    assert (parsed.store, parsed.name, parsed.iface, parsed.public_ip) == (
+        "etcd://192.168.56.11:2379", "node-a", "eth1", None)
+
+
+def test_other_vms_join_the_first_ones_etcd():
+    (join,) = commands_run(GOOD_ARGS, "node_join enp0s8")
+    parsed = build_parser().parse_args(join)
+    assert (parsed.store, parsed.name, parsed.iface) == ("etcd://192.168.56.11:2379", "node-b", "enp0s8")
 
 
 # --- the Vagrantfile ------------------------------------------------------------------------
