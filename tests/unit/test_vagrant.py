@@ -256,6 +256,7 @@ def test_vagrantfile_configures_both_providers_and_a_synced_repo():
             f"vm.provider.{provider}.memory=", f"vm.provider.{provider}.cpus="}
     synced = [c for c in calls if c["path"] == "vm.synced_folder"]
     assert synced[0]["args"] == [".", "/vagrant"]
+    assert synced[0]["kw"]["type"] == "rsync" and synced[0]["kw"]["disabled"] is False
     assert ".venv/" in synced[0]["kw"]["rsync__exclude"]
 
 
