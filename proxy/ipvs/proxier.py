@@ -1,11 +1,14 @@
-"""kube-proxy's IPVS mode for one node: virtual servers through pyroute2's
-IPVS (generic netlink) API, service addresses on the kube-ipvs0 dummy device,
-and the few KUBE-* iptables rules IPVS still needs for masquerading.
+"""kube-proxy's IPVS mode for one node: virtual servers through IPVS's generic
+netlink API, service addresses on the kube-ipvs0 dummy device, and the few
+KUBE-* iptables rules IPVS still needs for masquerading.
 
-Each sync diffs plan.plan() against the kernel: real servers are added and
-removed one by one (open connections to the others stay), stale virtual
-servers and addresses go. The kernel must have IPVS and the dummy driver
-(this project tests it under Debian's kernel in qemu: tests/kernel/).
+A full sync reads the kernel's virtual servers and addresses (pyroute2 dumps)
+and converges them to plan.plan(); a partial sync diffs the changed service
+ports against what the last sync programmed, kept in memory (the proxier is
+long-lived), and reads nothing back. Writes go in netlink batches
+(netlink.py); real servers are added and removed one by one (open connections
+to the others stay). The kernel must have IPVS and the dummy driver (this
+project tests it under Debian's kernel in qemu: tests/kernel/).
 """
 from __future__ import annotations
 
@@ -15,33 +18,27 @@ import os
 import socket
 import subprocess
 import time
+from typing import AbstractSet, Mapping
 
-from pyroute2 import IPVS, IPRoute, IPVSDest, IPVSService
+from pyroute2 import IPVS, IPRoute, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni import netns as _netns
 from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult
 
-from .plan import (DUMMY_DEVICE, FILTER_CHAINS, JUMPS, NAT_CHAINS, SYSCTLS, IpvsPlan, RealServer, VirtualServer,
-                   VirtualServerKey, check_node, iptables_rules, jump_rule, plan)
+from .netlink import (NETLINK_GENERIC, NETLINK_ROUTE, PROTOCOL_NUMBERS, RTM_DELADDR, RTM_NEWADDR, NetlinkBatch,
+                      address_request, dest_request, genl_family_id, service_request)
+from .plan import (DUMMY_DEVICE, FILTER_CHAINS, FLAG_PERSISTENT, JUMPS, NAT_CHAINS, SYSCTLS, IpvsPlan, RealServer,
+                   RuleChanges, VirtualServer, VirtualServerKey, check_node, jump_rule, plan, replan, restore_text)
 
 log = logging.getLogger("netlab.proxy.ipvs")
 
-PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
-FWD_MASQ = 0          # IP_VS_CONN_F_MASQ: NAT to the real server (pyroute2's default is 3, direct routing)
 
 
-def _service_record(key: VirtualServerKey, vs: VirtualServer | None = None) -> IPVSService:
-    fields = {"addr": key.address, "port": key.port, "protocol": PROTOCOL_NUMBERS[key.protocol]}
-    if vs is not None:
-        fields.update(sched_name=vs.scheduler, timeout=vs.affinity_timeout,
-                      flags={"flags": vs.flags, "mask": 0xFFFF})
-    return IPVSService(**fields)
-
-
-def _dest_record(real: RealServer) -> IPVSDest:
-    return IPVSDest(addr=real.address, port=real.port, weight=real.weight, fwd_method=FWD_MASQ)
+def _service_record(key: VirtualServerKey) -> IPVSService:
+    """pyroute2's key of a virtual server, for its dumps and cleanup."""
+    return IPVSService(addr=key.address, port=key.port, protocol=PROTOCOL_NUMBERS[key.protocol])
 
 
 class IpvsProxier:
@@ -50,7 +47,9 @@ class IpvsProxier:
     def __init__(self, node: ProxyNode, *, netns: str | None = None):
         self.node = check_node(node)
         self.netns = netns             # None: this process's namespace (inside a node agent)
-        self._synced: IpvsPlan | None = None   # the last plan the kernel took whole
+        self._synced: IpvsPlan | None = None   # what the last successful sync programmed
+        self._device = 0               # kube-ipvs0's index, found by the last full sync
+        self._family: int | None = None   # the IPVS generic netlink family's number
         self.ipvs_changes = 0          # virtual/real servers and addresses the last sync changed
 
     # --- namespace plumbing ---------------------------------------------------
@@ -81,26 +80,92 @@ class IpvsProxier:
     # --- sync -------------------------------------------------------------------
 
     def sync(self, state: ProxyState, changed: frozenset[ServicePortName] | None = None) -> SyncResult:
+        """Full: read the kernel's virtual servers and addresses and converge them.
+        Partial: diff the changed service ports against what the last sync
+        programmed (kept in memory; nothing is read back), touch only those
+        virtual/real servers and addresses, and add or delete only the nat rules
+        whose text came or went."""
         t0 = time.monotonic()
         full = changed is None or self._synced is None
-        want = plan(state, self.node)
-        rules = iptables_rules(state, self.node)
         try:
-            self._sysctls()
-            with self._socket(IPRoute) as ipr:
-                index = self._ensure_device(ipr)   # first: it marks this namespace as running IPVS mode
-                self._restore(rules)
-                if full:
-                    self._ensure_jumps()
-                with self._socket(IPVS) as ipvs:
-                    ops = self._sync_virtual_servers(ipvs, want, None if full else changed)
-                ops += self._sync_addresses(ipr, index, want.addresses)
+            if full:
+                want = plan(state, self.node)
+                ops, rule_lines = self._sync_full(want)
+            else:
+                want, rule_changes = replan(self._synced, state, self.node, changed)
+                ops, rule_lines = self._sync_partial(want, changed, rule_changes)
         except (NetlinkError, OSError, RuntimeError) as e:
             self._synced = None
-            log.error("ipvs sync failed: %s", e)
+            log.error("ipvs sync failed (the next one is full): %s", e)
             return SyncResult(full=full, seconds=time.monotonic() - t0, error=str(e))
         self._synced, self.ipvs_changes = want, ops
-        return SyncResult(full=full, seconds=time.monotonic() - t0, size=ops + rules.count("\n-A "))
+        return SyncResult(full=full, seconds=time.monotonic() - t0, size=ops + rule_lines)
+
+    def _sync_full(self, want: IpvsPlan) -> tuple[int, int]:
+        self._sysctls()
+        with self._socket(IPRoute) as ipr:
+            self._device = self._ensure_device(ipr)   # first: it marks this namespace as running IPVS mode
+            have_addresses = {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
+                              for a in ipr.get_addr(index=self._device, family=socket.AF_INET)}
+        text = restore_text(want, self.node)
+        self._restore(text)
+        self._ensure_jumps()
+        if self._family is None:
+            self._family = genl_family_id(netns=self.netns)
+        with self._socket(IPVS) as ipvs:
+            kernel = read_virtual_servers(ipvs)
+            have = {key: VirtualServer(key, None, tuple(read_real_servers(ipvs, key)) if key in want.virtual_servers
+                                       else (), scheduler, timeout if flags & FLAG_PERSISTENT else 0)
+                    for key, (scheduler, flags, timeout) in kernel.items()}
+        ops = self._write(have, want.virtual_servers, have.keys() | want.virtual_servers.keys(),
+                          have_addresses, want.addresses)
+        return ops, text.count("\n-A ")
+
+    def _sync_partial(self, want: IpvsPlan, changed: frozenset[ServicePortName],
+                      rule_changes: RuleChanges) -> tuple[int, int]:
+        before = self._synced
+        text = rule_changes.restore_text()
+        if text:
+            self._restore(text)
+        keys = {vs.key for name in changed for plans in (before.services, want.services)
+                for vs in getattr(plans.get(name), "virtual_servers", ())}
+        ops = self._write(before.virtual_servers, want.virtual_servers, keys, before.addresses, want.addresses)
+        return ops, len(rule_changes.added) + len(rule_changes.deleted)
+
+    def _write(self, have: Mapping[VirtualServerKey, VirtualServer], want: Mapping[VirtualServerKey, VirtualServer],
+               keys, have_addresses: AbstractSet[str], want_addresses: AbstractSet[str]) -> int:
+        """Converge the virtual servers named in keys, and the addresses, from have to
+        want in two netlink batches; returns how many servers and addresses changed.
+        Real servers are added and removed one by one: open connections to the others stay."""
+        ipvs = NetlinkBatch(NETLINK_GENERIC, self.netns)
+        for key in sorted(keys):
+            before, after = have.get(key), want.get(key)
+            if after is None:
+                if before is not None:
+                    ipvs.add(self._family, "del", service_request("del", key), f"delete virtual server {key}")
+                continue
+            current: tuple[RealServer, ...] = ()
+            if before is None:
+                ipvs.add(self._family, "add", service_request("add", key, after), f"add virtual server {key}")
+            else:
+                if not after.same_settings(before.scheduler, before.flags, before.affinity_timeout):
+                    ipvs.add(self._family, "set", service_request("set", key, after), f"update virtual server {key}")
+                current = before.real_servers
+            for real in sorted(set(current) - set(after.real_servers)):
+                ipvs.add(self._family, "del", dest_request("del", key, real), f"delete real server {real} of {key}")
+            for real in sorted(set(after.real_servers) - set(current)):
+                ipvs.add(self._family, "add", dest_request("add", key, real), f"add real server {real} to {key}")
+        servers = len(ipvs)
+        ipvs.send()
+        addresses = NetlinkBatch(NETLINK_ROUTE, self.netns)
+        for ip in sorted(want_addresses - have_addresses):
+            addresses.add(RTM_NEWADDR, "add", address_request(self._device, ip), f"add {ip}/32 to {DUMMY_DEVICE}")
+        for ip in sorted(have_addresses - want_addresses):
+            addresses.add(RTM_DELADDR, "del", address_request(self._device, ip),
+                          f"delete {ip}/32 from {DUMMY_DEVICE}")
+        ops = servers + len(addresses)
+        addresses.send()
+        return ops
 
     def _ensure_device(self, ipr: IPRoute) -> int:
         """kube-ipvs0, a dummy left down (and NOARP, as dummies are): its /32s still
@@ -110,47 +175,6 @@ class IpvsProxier:
             ipr.link("add", ifname=DUMMY_DEVICE, kind="dummy")
             found = ipr.link_lookup(ifname=DUMMY_DEVICE)
         return found[0]
-
-    def _sync_addresses(self, ipr: IPRoute, index: int, want: frozenset[str]) -> int:
-        have = {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)}
-        for ip in sorted(want - have):
-            ipr.addr("add", index=index, address=ip, prefixlen=32)
-        for ip in sorted(have - want):
-            ipr.addr("del", index=index, address=ip, prefixlen=32)
-        return len(want ^ have)
-
-    def _sync_virtual_servers(self, ipvs: IPVS, want: IpvsPlan,
-                              changed: frozenset[ServicePortName] | None) -> int:
-        have = read_virtual_servers(ipvs)
-        if changed is None:
-            todo = list(want.virtual_servers.values())
-            stale = [key for key in have if key not in want.virtual_servers]
-        else:
-            todo = want.of_services(changed)
-            old = self._synced.of_services(changed) if self._synced else []
-            stale = [vs.key for vs in old if vs.key not in want.virtual_servers and vs.key in have]
-        ops = 0
-        for key in stale:
-            ipvs.service("del", service=_service_record(key))
-            ops += 1
-        for vs in todo:
-            record = _service_record(vs.key, vs)
-            if vs.key not in have:
-                ipvs.service("add", service=record)
-                ops += 1
-                current: set[RealServer] = set()
-            else:
-                if not vs.same_settings(*have[vs.key]):
-                    ipvs.service("set", service=record)
-                    ops += 1
-                current = read_real_servers(ipvs, vs.key)
-            wanted = set(vs.real_servers)
-            for real in sorted(current - wanted):
-                ipvs.dest("del", service=record, dest=_dest_record(real))
-            for real in sorted(wanted - current):
-                ipvs.dest("add", service=record, dest=_dest_record(real))
-            ops += len(current ^ wanted)
-        return ops
 
     # --- iptables -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ PODS = {"pod-a": "10.244.1.2", "pod-b": "10.244.1.3"}
 GATEWAY, NODE_IP, CLIENT_IP = "10.244.1.1", "192.168.56.11", "192.168.56.100"
 WEB = ServicePortName("default", "web", "http")
 STICKY = ServicePortName("default", "sticky", "http")
+EXTRA = ServicePortName("default", "extra", "http")
 TARGET_PORT, NODE_PORT, CONNECTIONS = 8080, 30080, 12
 NODE_INFO = ProxyNode("node-1", (NODE_IP,), "10.244.0.0/16")
 
@@ -103,6 +104,20 @@ def state(endpoint_pods: list[str]) -> ProxyState:
         endpoints={WEB: eps, STICKY: tuple(Endpoint(PODS[p], TARGET_PORT, NODE_INFO.name) for p in PODS)})
 
 
+def with_extra(base: ProxyState) -> ProxyState:
+    """base plus a third Service on both pods: what a partial sync adds."""
+    eps = tuple(Endpoint(PODS[p], TARGET_PORT, NODE_INFO.name) for p in PODS)
+    return ProxyState({**base.services, EXTRA: ServicePort(EXTRA, "TCP", "10.96.0.22", 80)},
+                      {**base.endpoints, EXTRA: eps})
+
+
+def kube_rules() -> list[str]:
+    """The node's KUBE-* rules as iptables-save prints them, sorted (a partial sync
+    inserts new rules at the top of their chain; a full one writes them in order)."""
+    saved = subprocess.run(["ip", "netns", "exec", NODE, "iptables-save"], capture_output=True, text=True).stdout
+    return sorted(line for line in saved.splitlines() if line.startswith("-A") and "KUBE-" in line)
+
+
 def leftovers() -> dict:
     links = subprocess.run(["ip", "-n", NODE, "-o", "link", "show"], capture_output=True, text=True).stdout
     saved = show("after cleanup", ["iptables-save"])
@@ -137,6 +152,14 @@ def main() -> int:
     show("after removing pod-a's endpoint", ["ipvsadm", "-Ln"])
     result["after_removal"] = survey(CLIENT, "10.96.0.20", 80)
     result["after_removal_node_port"] = survey(CLIENT, NODE_IP, NODE_PORT, 4)
+    added = with_extra(state(["pod-b"]))
+    sync = proxier.sync(added, frozenset({EXTRA}))
+    result["added_sync"] = {"error": sync.error, "changes": proxier.ipvs_changes, "full": sync.full}
+    result["added_service"] = survey(CLIENT, "10.96.0.22", 80)
+    after_partials = kube_rules()
+    sync = proxier.sync(added)          # a full sync reads the kernel back: the partial ones left nothing to do
+    result["full_after_partials"] = {"error": sync.error, "changes": proxier.ipvs_changes,
+                                     "same_rules": kube_rules() == after_partials}
     proxier.cleanup()
     result["leftovers"] = leftovers()
     result["guest_seconds"] = round(time.monotonic() - t0, 1)

@@ -68,6 +68,18 @@ def test_removed_endpoint_gets_no_more_traffic(guest):
     assert result["after_removal_node_port"]["counts"] == {"pod-b": 4}
 
 
+def test_partial_sync_adds_a_service_without_reading_the_kernel(guest):
+    result, _ = guest
+    # one virtual server, its two real servers and its address; its masquerade rule inserted
+    assert result["added_sync"] == {"error": None, "changes": 4, "full": False}
+    assert result["added_service"] == {"counts": {"pod-a": 6, "pod-b": 6}, "sources": ["10.244.1.1"]}
+
+
+def test_full_sync_after_partial_ones_finds_the_kernel_as_planned(guest):
+    result, _ = guest
+    assert result["full_after_partials"] == {"error": None, "changes": 0, "same_rules": True}
+
+
 def test_cleanup_leaves_nothing(guest):
     result, _ = guest
     assert result["leftovers"] == {"kube_ipvs0": False, "virtual_servers": [], "kube_rules": []}

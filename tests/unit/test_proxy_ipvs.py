@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.ipvs import netlink as nl
 from proxy.ipvs.plan import (FLAG_PERSISTENT, RealServer, VirtualServer, VirtualServerKey, check_node,
-                             iptables_rules, plan)
+                             iptables_rules, plan, replan)
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
 
 NODE = ProxyNode("node-1", ("192.168.56.11", "192.168.56.12"), "10.244.0.0/16")
@@ -106,6 +107,112 @@ def test_rules_keep_the_client_address_under_external_policy_local_and_use_the_n
     rules = iptables_rules(state(svc, Endpoint("10.244.1.5", 8080, "node-1")), node)
     assert "--dport 30080" not in rules and "203.0.113.9" not in rules
     assert "-A KUBE-POSTROUTING -m mark ! --mark 0x8000/0x8000 -j RETURN" in rules.splitlines()
+
+
+# --- partial syncs: only the changed service ports, only the rules that changed ---
+
+def _two_services(*web_eps: Endpoint) -> ProxyState:
+    return ProxyState({WEB: ServicePort(WEB, "TCP", "10.96.0.20", 80, node_port=30080),
+                       DNS: ServicePort(DNS, "UDP", "10.96.0.10", 53)},
+                      {WEB: web_eps, DNS: (Endpoint("10.244.1.5", 53, "node-1"),)})
+
+
+def test_replan_plans_only_the_changed_service_port_and_equals_a_full_plan():
+    before = plan(_two_services(Endpoint("10.244.1.5", 8080, "node-1")), NODE)
+    after_state = _two_services(Endpoint("10.244.1.5", 8080, "node-1"), Endpoint("10.244.2.7", 8080, "node-2"))
+    after, changes = replan(before, after_state, NODE, frozenset({WEB}))
+    assert after.services[DNS] is before.services[DNS]          # untouched: not planned again
+    full = plan(after_state, NODE)
+    assert (after.virtual_servers, after.addresses, after.services) == \
+        (full.virtual_servers, full.addresses, full.services)
+    assert changes.deleted == () and [chain for chain, _ in changes.added] == ["KUBE-POSTROUTING"]
+    assert "-s 10.244.2.7/32 -d 10.244.2.7/32" in changes.added[0][1]
+
+
+def test_a_hairpin_rule_two_services_share_goes_with_the_last_of_them():
+    shared = Endpoint("10.244.1.5", 53, "node-1")
+    both = ProxyState({DNS: ServicePort(DNS, "UDP", "10.96.0.10", 53),
+                       WEB: ServicePort(WEB, "UDP", "10.96.0.20", 53)}, {DNS: (shared,), WEB: (shared,)})
+    before = plan(both, NODE)
+    only_dns = ProxyState({DNS: both.services[DNS]}, {DNS: (shared,)})
+    middle, changes = replan(before, only_dns, NODE, frozenset({WEB}))
+    assert [chain for chain, _ in changes.deleted] == ["KUBE-SERVICES"]        # web's ClusterIP rule only
+    assert middle.addresses == {"10.96.0.10"}
+    _, changes = replan(middle, ProxyState(), NODE, frozenset({DNS}))
+    assert sorted(chain for chain, _ in changes.deleted) == ["KUBE-POSTROUTING", "KUBE-SERVICES"]
+
+
+def test_rule_changes_restore_text_flushes_no_chain():
+    before = plan(_two_services(Endpoint("10.244.1.5", 8080, "node-1")), NODE)
+    _, changes = replan(before, _two_services(Endpoint("10.244.2.7", 8080, "node-2")), NODE, frozenset({WEB}))
+    lines = changes.restore_text().splitlines()
+    assert lines[0] == "*nat" and lines[-1] == "COMMIT" and not any(line.startswith(":") for line in lines)
+    assert [line.split()[:2] for line in lines[1:-1]] == [["-D", "KUBE-POSTROUTING"], ["-I", "KUBE-POSTROUTING"]]
+    assert lines[2].startswith("-I KUBE-POSTROUTING 1 -s 10.244.2.7/32")   # ahead of the chain's RETURN
+    _, none = replan(before, _two_services(Endpoint("10.244.1.5", 8080, "node-1")), NODE, frozenset({WEB}))
+    assert none.restore_text() == ""
+
+
+# --- netlink batches, pinned to pyroute2's encoding of the same requests ---
+
+def _decoded(payload: bytes, msg_class):
+    import struct
+    msg = msg_class(struct.pack("=IHHII", 16 + len(payload), 0, 0, 0, 0) + payload)
+    msg.decode()
+    return msg
+
+
+def _pyroute2_encoded(cmd: int, attrs: list):
+    from pyroute2.netlink.generic import ipvs
+    msg = ipvs.ipvsmsg()
+    msg["cmd"], msg["version"], msg["attrs"] = cmd, ipvs.GENL_VERSION, attrs
+    msg.encode()
+    return _decoded(msg.data[16:], ipvs.ipvsmsg)
+
+
+def _attrs(msg, name: str) -> dict:
+    return dict(msg.get(name)["attrs"])
+
+
+def test_service_requests_encode_as_pyroute2_does():
+    from pyroute2 import IPVSService
+    from pyroute2.netlink.generic import ipvs
+    key = VirtualServerKey("TCP", "10.96.0.21", 80)
+    vs = VirtualServer(key, WEB, (), affinity_timeout=10800)
+    theirs = IPVSService(addr=key.address, port=key.port, protocol=6, sched_name="rr", timeout=10800,
+                         flags={"flags": FLAG_PERSISTENT, "mask": 0xFFFF})
+    ours = _decoded(nl.service_request("add", key, vs), ipvs.ipvsmsg)
+    assert ours["cmd"] == ipvs.IPVS_CMD_NEW_SERVICE
+    assert _attrs(ours, "IPVS_CMD_ATTR_SERVICE") == \
+        _attrs(_pyroute2_encoded(ipvs.IPVS_CMD_NEW_SERVICE, [("IPVS_CMD_ATTR_SERVICE", theirs.dump_nla())]),
+               "IPVS_CMD_ATTR_SERVICE")
+    deleted = _decoded(nl.service_request("del", key), ipvs.ipvsmsg)
+    assert deleted["cmd"] == ipvs.IPVS_CMD_DEL_SERVICE
+    assert _attrs(deleted, "IPVS_CMD_ATTR_SERVICE") == {"IPVS_SVC_ATTR_AF": 2, "IPVS_SVC_ATTR_PROTOCOL": 6,
+                                                        "IPVS_SVC_ATTR_ADDR": "10.96.0.21", "IPVS_SVC_ATTR_PORT": 80}
+
+
+def test_real_server_requests_encode_as_pyroute2_does_with_masquerading():
+    from pyroute2 import IPVSDest, IPVSService
+    from pyroute2.netlink.generic import ipvs
+    key, real = VirtualServerKey("UDP", "10.96.0.10", 53), RealServer("10.244.1.5", 53)
+    ours = _decoded(nl.dest_request("add", key, real), ipvs.ipvsmsg)
+    theirs = _pyroute2_encoded(ipvs.IPVS_CMD_NEW_DEST, [
+        ("IPVS_CMD_ATTR_SERVICE", IPVSService(addr=key.address, port=53, protocol=17).dump_key()),
+        ("IPVS_CMD_ATTR_DEST", IPVSDest(addr=real.address, port=53, fwd_method=0).dump_nla())])
+    assert ours["cmd"] == ipvs.IPVS_CMD_NEW_DEST
+    assert _attrs(ours, "IPVS_CMD_ATTR_SERVICE") == _attrs(theirs, "IPVS_CMD_ATTR_SERVICE")
+    dest = _attrs(ours, "IPVS_CMD_ATTR_DEST")
+    # pyroute2 adds the optional tunnel attributes (all 0); everything we send is as it sends it
+    assert dest == {k: v for k, v in _attrs(theirs, "IPVS_CMD_ATTR_DEST").items() if "TUN" not in k}
+    assert dest["IPVS_DEST_ATTR_FWD_METHOD"] == 0 and dest["IPVS_DEST_ATTR_WEIGHT"] == 1
+
+
+def test_address_requests_encode_a_host_route_on_the_device():
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    msg = _decoded(nl.address_request(7, "10.96.0.10"), ifaddrmsg)
+    assert (msg["family"], msg["prefixlen"], msg["index"]) == (2, 32, 7)
+    assert (msg.get("IFA_LOCAL"), msg.get("IFA_ADDRESS")) == ("10.96.0.10", "10.96.0.10")
 
 
 @pytest.mark.parametrize("node, field", [
