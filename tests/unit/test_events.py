@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -139,3 +141,22 @@ def test_watch_is_for_events_only(lab_state):
     root, _ = lab_state
     res = get(root, "pods", "-w")
     assert res.returncode == 1 and "get events -w" in res.stderr
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+def test_the_jq_examples_in_docs_debugging_md_work(lab_state, clock):
+    root, st = lab_state
+    rec = EventRecorder(st, "node-a", clock=clock)
+    rec.record("kube-proxy", "Node", None, "node-a", "RulesSynced", "iptables full sync: 7 service ports")
+    rec.record("endpointslice-controller", "Service", "default", "echo", "EndpointAdded", "10.244.1.2 ready")
+    rec.record("kubelet", "Pod", "default", "crash", "BackOff", "Back-off restarting failed container", WARNING)
+    with open(os.path.join(ROOT, "docs", "debugging.md")) as f:
+        examples = [line.strip() for line in f if line.startswith("kube-netlab get events") and "| jq" in line]
+    assert len(examples) >= 3
+    # one script, kube-netlab a shell function; each example must print something
+    script = (f'kube-netlab() {{ {shlex.quote(sys.executable)} -m netlab.cli "$@"; }}\nset -e -o pipefail\n'
+              + "".join(f"{e} | grep . >/dev/null || {{ echo {shlex.quote(e)} printed nothing >&2; exit 1; }}\n"
+                        for e in examples))
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NETLAB_STATE_DIR": root, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
