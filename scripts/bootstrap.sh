@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine: system packages, then a
 # virtual environment with kube-netlab installed in editable mode.
+# NETLAB_BOOTSTRAP=runtime installs only what a node runs (a Vagrant VM), not
+# the tools the tests and benchmarks use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 iptables nftables iputils-ping curl dnsutils tcpdump conntrack
-  containernetworking-plugins iperf3 procps psmisc python3 python3-venv python3-pip
-  ipvsadm dnsmasq-base dnsperf
-  qemu-system-x86 busybox-static cpio   # the kernel-test harness (tests/kernel): IPVS and dummy need Debian's kernel
-  tshark graphviz chromium              # packet debugging: pcaps read back, graphs rendered, the HTML page screenshotted
+  procps psmisc python3 python3-venv python3-pip
+  ipvsadm graphviz tshark               # IPVS mode; graph pictures; capture's pcaps read back
   etcd-server etcd-client               # the multi-machine store
 )
+if [ "${NETLAB_BOOTSTRAP:-all}" != runtime ]; then
+  APT_PACKAGES+=(
+    containernetworking-plugins iperf3 dnsmasq-base dnsperf   # benchmark anchors (reference plugins, dnsmasq)
+    qemu-system-x86 busybox-static cpio   # the kernel-test harness (tests/kernel): IPVS and dummy need Debian's kernel
+    chromium                              # the graph's HTML page screenshotted
+    vagrant ruby shellcheck               # the Vagrantfile validated, the provisioning script checked
+  )
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bootstrap: run as root (the lab creates network namespaces)" >&2

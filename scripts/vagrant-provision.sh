@@ -158,7 +158,7 @@ main() {
   [ "$(id -u)" -eq 0 ] || die "run as root (Vagrant's shell provisioner does)"
   [ -x "$REPO/scripts/bootstrap.sh" ] || die "no $REPO/scripts/bootstrap.sh: is the repo synced to $REPO? (vagrant rsync)"
 
-  "$REPO/scripts/bootstrap.sh"
+  NETLAB_BOOTSTRAP=runtime "$REPO/scripts/bootstrap.sh"   # what a node runs, not the test tools
   configure_kernel
   stop_packaged_etcd
   write_profile
