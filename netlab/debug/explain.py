@@ -28,7 +28,7 @@ from typing import Iterable
 
 from .. import engine, state
 from ..engine import LabError
-from .logs import split_pod_ref
+from .path import split_pod_ref
 
 KINDS = {"svc": "svc", "service": "svc", "services": "svc", "pod": "pod", "pods": "pod", "po": "pod",
          "node": "node", "nodes": "node", "no": "node"}

@@ -15,6 +15,7 @@ import time
 
 from .. import engine, state
 from ..engine import LabError
+from .path import split_pod_ref
 
 FOLLOW_POLL_SECONDS = 0.1
 
@@ -33,14 +34,6 @@ def add_parser(sub, lab_opt) -> None:
     sp.add_argument("--all-containers", action="store_true", help="every container of the pod, one after another")
     lab_opt(sp)
     sp.set_defaults(func=cmd_logs)
-
-
-def split_pod_ref(ref: str, namespace: str | None) -> tuple[str, str]:
-    """NS/POD, or POD with -n NS (default: default), as kubectl's TYPE/NAME with -n."""
-    ns, _, name = ref.rpartition("/")
-    if ns and namespace and ns != namespace:
-        raise LabError(f"{ref!r} names namespace {ns} but -n says {namespace}; give one of them")
-    return ns or namespace or "default", name
 
 
 class LogError(LabError):
