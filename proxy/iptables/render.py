@@ -300,7 +300,10 @@ def _cyclic_gc_paused():
 def _render(state: ProxyState, node: ProxyNode, changed: frozenset[ServicePortName] | None,
             existing_chains: Iterable[str], missing_jumps: Iterable[JumpRule], canary: bool, tcp_liberal: bool,
             cache: RenderCache) -> Rendered:
+    cold = not cache.infos or node != cache.node      # a first sync plans everything, changed or not
     planned = cache.update(state, node, changed)
+    if cold and changed is not None:
+        planned = planned & changed
     existing = existing_chains if isinstance(existing_chains, (set, frozenset)) else frozenset(existing_chains)
     cluster_cidr = str(ipaddress.ip_network(node.cluster_cidr, strict=False))
     mark = node.mark
@@ -323,7 +326,7 @@ def _render(state: ProxyState, node: ProxyNode, changed: frozenset[ServicePortNa
     if changed is None:
         written = ordered
     else:
-        names = (planned & changed) | {cache.owner[c] for c in missing}
+        names = planned | {cache.owner[c] for c in missing}   # planned: changed, or found changed
         written = sorted((cache.infos[name] for name in names), key=_info_key)
     for info in written:
         decls, rules = info.own_lines(cluster_cidr, large)

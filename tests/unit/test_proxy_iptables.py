@@ -363,13 +363,15 @@ def test_a_service_whose_endpoints_changed_gets_its_chains_rewritten():
     assert lines_of(partial.text, n.service_chain(WEB_NP, "tcp")) == []     # untouched: not rewritten
 
 
-def test_a_service_left_out_of_changed_is_still_noticed():
+def test_service_ports_left_out_of_changed_are_noticed_when_the_count_disagrees():
     cache = RenderCache()
     full = render(example_state(), NODE, cache=cache)
-    only_web = ProxyState({WEB: example_state().services[WEB]}, {WEB: example_state().endpoints[WEB]})
-    partial = render(only_web, NODE, changed=frozenset(), existing_chains=full.active_chains, cache=cache)
-    assert set(cache.infos) == {WEB}
+    # web-np went and web's endpoints moved, but changed names neither
+    moved = ProxyState({WEB: example_state().services[WEB]}, {WEB: (Endpoint("10.244.1.5", 8080, "node-a"),)})
+    partial = render(moved, NODE, changed=frozenset(), existing_chains=full.active_chains, cache=cache)
+    assert set(cache.infos) == {WEB} and partial.written == {WEB}
     assert n.service_chain(WEB_NP, "tcp") in partial.deleted_chains
+    assert n.endpoint_chain(WEB, "tcp", "10.244.2.7:8080") in partial.deleted_chains
     assert not any("web-np" in line for line in lines_of(partial.text, "KUBE-SERVICES"))
 
 
