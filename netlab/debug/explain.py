@@ -466,9 +466,7 @@ def _backend(netns: str, mode: str) -> str | None:
 def build(lab_name: str, kind: str, name: str, namespace: str | None, node_name: str | None) -> Explanation:
     """The explanation of one object of a lab, commands run."""
     from proxy.source import service_ports, slice_endpoints
-    kind = KINDS.get(kind.lower())
-    if kind is None:
-        raise LabError(f"explain what? use svc, pod or node, e.g. kube-netlab explain svc echo")
+    kind = _kind(kind)
     paths, store, lab = engine.open_lab(lab_name)
     ls = state.LabState(store)
     node_statuses = ls.node_statuses()
@@ -508,7 +506,18 @@ def build(lab_name: str, kind: str, name: str, namespace: str | None, node_name:
     return run(explain_pod(lab, pod, st, node, nodes, serving, backend=_backend(node.netns, lab.proxy_mode)))
 
 
+def _kind(word: str) -> str:
+    kind = KINDS.get(word.lower())
+    if kind is None:
+        raise LabError(f"explain {word}? give svc, pod or node, e.g. kube-netlab explain svc echo")
+    return kind
+
+
 def cmd_explain(a) -> int:
+    import os
+    _kind(a.kind)   # a wrong word fails before the lab is looked for
+    if os.geteuid() != 0:
+        raise LabError("explain reads the kernel inside the lab's namespaces (ip netns exec): run it as root")
     ex = build(engine.resolve_lab(a.lab), a.kind, a.name, a.namespace, a.node)
     if a.output == "json":
         print(json.dumps(ex.to_dict(), indent=2))
