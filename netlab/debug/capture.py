@@ -10,10 +10,12 @@ named (`capture pod-a node/node-b underlay`).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
 
+from cni import netns as _netns
 from netlab.engine import LabError
 from netlab.model import names
 
@@ -41,6 +43,9 @@ def targets(places: LabPlaces, texts: list[str], namespace: str | None, interfac
     out = []
     for text in texts:
         place = places.place(text, namespace)
+        if not os.path.exists(_netns.path_of(place.netns)):
+            raise LabError(f"{place.name} is not on this machine (no netns {place.netns}): "
+                           "run kube-netlab capture on the machine that runs it")
         iface = default_interface(place) if interface in (None, ANY) and place.kind != "node" else interface
         out.append(Target(place, None if iface == ANY else iface))
     return out

@@ -249,6 +249,7 @@ class TraceRun:
     frames: list[Frame] = field(default_factory=list)
     elapsed: float = 0.0
     mode: str = ""
+    unseen: list[str] = field(default_factory=list)   # places on another machine
 
     def as_dict(self) -> dict:
         p = self.probe
@@ -256,7 +257,8 @@ class TraceRun:
                             [s.hop() for s in self.reply], self.drop,
                             probe={"src": p.src, "sport": p.sport, "dst": p.dst, "dport": p.dport,
                                    "proto": p.proto, "ipID": p.ip_id, "length": len(p.to_bytes()), "df": p.df},
-                            note=self.note, proxyMode=self.mode, seconds=round(self.elapsed, 3))
+                            note=self.note, proxyMode=self.mode, seconds=round(self.elapsed, 3),
+                            unseen=self.unseen)
 
 
 def trace(lab_name: str, src: str, dst: str, *, namespace: str | None = None, port: int | None = None,
@@ -285,6 +287,8 @@ def trace(lab_name: str, src: str, dst: str, *, namespace: str | None = None, po
         for p in every:
             if os.path.exists(_netns.path_of(p.netns)):
                 sniffer.open(p.netns)
+            else:   # a node of a multi-machine lab runs elsewhere: its hops cannot be seen from here
+                run.unseen.append(p.name)
         error = _send(source.netns, probe.to_bytes(), dest.ip)
         deadline = time.monotonic() + (0 if error else timeout)
         answered_at = None
@@ -368,6 +372,8 @@ def table(result: dict) -> str:
     if result["reply"]["hops"]:
         lines += ["", "reply:"] + _path_lines(result["reply"]["hops"])
     lines.append("")
+    if result.get("unseen"):
+        lines.append("not seen (on another machine: run trace there too): " + ", ".join(result["unseen"]))
     verdict = result["verdict"].upper()
     if result["drop"]:
         d = result["drop"]
@@ -383,16 +389,11 @@ def table(result: dict) -> str:
 
 def write_svg(lab_name: str, result: dict, path: str) -> None:
     """The traced path (probe then reply) on the lab's graph, NAT steps and the drop noted."""
-    from .graph import lab_graph, render
-    highlight = [(h["netns"], h["interface"]) for h in result["hops"] + result["reply"]["hops"]]
-    notes = {}
-    for step in result["nat"]:
-        text = f"{step['type']} {step['from']} -> {step['to']}" + (f" ({step['chain']})" if step.get("chain") else "")
-        notes[step["netns"]] = (notes[step["netns"]] + "\n" + text) if step["netns"] in notes else text
-    if result["drop"]:
-        d = result["drop"]
-        notes[(d["netns"], d["interface"]) if d["interface"] else d["netns"]] = "DROPPED: " + d["reason"]
-    svg = render(lab_graph(lab_name), "svg", highlight=highlight, notes=notes)
+    from .graph import lab_graph, path_from_trace, render
+    # a note names the chain that did it (KUBE-SEP-...); the whole rule is in the table and the JSON
+    short = {**result, "nat": [{**n, "rule": n.get("chain") or n.get("rule")} for n in result["nat"]]}
+    hops, notes = path_from_trace(short)
+    svg = render(lab_graph(lab_name), "svg", highlight=hops, notes=notes)
     with open(path, "wb") as f:
         f.write(svg if isinstance(svg, bytes) else svg.encode())
 

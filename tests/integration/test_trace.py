@@ -5,6 +5,7 @@ from the external host, a deleted FDB entry and a too-small pod MTU named as
 the drop's cause, and the probe's pcap read by tshark."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -164,9 +165,13 @@ def test_the_probes_pcap_is_read_by_tshark_with_each_hop_named(lab, tmp_path):
     assert len(rows) >= 20                                                           # the probe and the reply
 
 
-def test_table_output_and_bad_input(lab):
+def test_table_output_svg_and_bad_input(lab, tmp_path):
     a = lab.pods["node-a"][0]
-    out = kn("trace", name(a), "svc/echo", "--lab", lab.name).stdout
+    svg = tmp_path / "path.svg"
+    out = kn("trace", name(a), "svc/echo", "--svg", str(svg), "--lab", lab.name).stdout
+    drawn = html.unescape(svg.read_text())     # Graphviz escapes "-" and ">" in its text
+    assert drawn.lstrip().startswith(("<?xml", "<svg")) and "DNAT 10.96.0.2:80 -> 10.244." in drawn
+    assert ("(KUBE-SEP-" if lab.mode == "iptables" else "(endpoint-") in drawn and "[1," in drawn   # numbered hops
     assert out.splitlines()[0].startswith(f"trace default/{name(a)}") and "DNAT in node/node-a" in out
     assert out.rstrip().splitlines()[-1].startswith("DELIVERED")
     bad = kn("trace", name(a), "svc/nope", "--lab", lab.name, check=False)
