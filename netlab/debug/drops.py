@@ -91,13 +91,12 @@ def _diagnose(places: LabPlaces, probe, source: Place, forward: list, reply: lis
             return _drop(ns, None, rule_reason(refusing[0]) + f" (it answered ICMP {icmp_name(d.icmp_type, d.icmp_code)})",
                          where.get(ns, ns), f"ip netns exec {ns} iptables-save -c | grep -- '{refusing[0].chain}'")
         said = f"{d.src} answered ICMP {icmp_name(d.icmp_type, d.icmp_code)}"
-        origin = places.place_of_ip(d.src)
-        if d.icmp_type == 3 and d.icmp_code in (0, 1) and origin is not None and origin.kind == "node":
-            if route_get(origin.netns, probe.dst if not forward else forward[-1].d.dst) is None:
-                target = forward[-1].d.dst if forward else probe.dst
-                return _drop(origin.netns, forward[-1].frame.interface if forward else None,
-                             f"no route to {target} in {origin.name} ({said})", origin.name,
-                             f"ip -n {origin.netns} route get {target}")
+        # the first frame of the error is where the kernel made it (an error is sent, never forwarded first)
+        origin = s.frame.netns
+        target = forward[-1].d.dst if forward else probe.dst
+        if d.icmp_type == 3 and d.icmp_code in (0, 1) and route_get(origin, target) is None:
+            return _drop(origin, forward[-1].frame.interface if forward else None,
+                         f"no route to {target} in {sender} ({said})", sender, f"ip -n {origin} route get {target}")
         return _drop(s.frame.netns, None, said, sender)
 
     for ns, rules in counted.items():

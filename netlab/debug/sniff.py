@@ -15,7 +15,6 @@ decode.py's job.
 from __future__ import annotations
 
 import mmap
-import os
 import select
 import socket
 import struct

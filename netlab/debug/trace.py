@@ -11,7 +11,6 @@ had on some hop (before or after NAT), or an ICMP error quoting the probe.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random

@@ -178,3 +178,10 @@ def test_table_output_svg_and_bad_input(lab, tmp_path):
     assert bad.returncode == 1 and "no Service 'nope' in namespace default" in bad.stderr
     bad = kn("trace", name(a), "svc/echo", "--port", "81", "--lab", lab.name, check=False)
     assert bad.returncode == 1 and "has no port 81/TCP" in bad.stderr and "80/TCP" in bad.stderr
+
+
+def test_a_service_without_endpoints_is_named(lab):
+    result = trace(lab, name(lab.pods["node-a"][0]), "svc/kubernetes")
+    assert result["verdict"] == "dropped" and result["hops"][0]["dst"] == "10.96.0.1:443"
+    assert result["drop"]["reason"].startswith("no endpoints: Service default/kubernetes has no ready endpoints")
+    assert result["drop"]["netns"] == f"{lab.name}-node-a"      # the node's kernel answered for it
