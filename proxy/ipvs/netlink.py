@@ -37,7 +37,7 @@ IPVS_CMD_ATTR_SERVICE, IPVS_CMD_ATTR_DEST = 1, 2
 RTM_NEWADDR, RTM_DELADDR, IFA_ADDRESS, IFA_LOCAL = 20, 21, 1, 2
 FWD_MASQ = 0          # IP_VS_CONN_F_MASQ: NAT to the real server (pyroute2's default is 3, direct routing)
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
-CHUNK = 256           # requests a send: their acks (36 bytes each) stay far below the receive buffer
+CHUNK = 256           # requests a send: even all failing, their answers fit the receive buffer
 # errors that mean the kernel already is as the request wanted: an add that finds the
 # entry, a delete that does not (IPVS answers ESRCH/ENOENT, an address EADDRNOTAVAIL)
 ALREADY_SO = {"add": {errno.EEXIST}, "del": {errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL}}
@@ -48,23 +48,18 @@ def attr(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
 
 
-def _u16(v: int) -> bytes:
-    return struct.pack("=H", v)
+# the fixed-size attributes as one pack each (IPv4 only, as the rest of this mode)
+_SERVICE_KEY = struct.Struct("=HH HHH2x HHH2x HH4s HH2s2x")         # nested: af, protocol, addr, port
+_SERVICE_FULL = struct.Struct("=HHII HHI HH4s")                     # flags {flags, mask}, timeout, netmask
+_DEST = struct.Struct("=HH HH4s HH2s2x HHI HHI HHI HHI HHH2x")      # nested: addr, port, fwd, weight, thresholds, af
 
 
-def _u32(v: int) -> bytes:
-    return struct.pack("=I", v)
-
-
-def _service_attrs(key: VirtualServerKey, vs: VirtualServer | None) -> bytes:
-    out = (attr(IPVS_SVC_ATTR_AF, _u16(socket.AF_INET)) + attr(IPVS_SVC_ATTR_PROTOCOL, _u16(PROTOCOL_NUMBERS[key.protocol]))
-           + attr(IPVS_SVC_ATTR_ADDR, socket.inet_aton(key.address)) + attr(IPVS_SVC_ATTR_PORT, struct.pack("!H", key.port)))
-    if vs is not None:       # a full entry: what add and set need
-        out += (attr(IPVS_SVC_ATTR_SCHED_NAME, vs.scheduler.encode() + b"\0")
-                + attr(IPVS_SVC_ATTR_FLAGS, struct.pack("=II", vs.flags, 0xFFFF))
-                + attr(IPVS_SVC_ATTR_TIMEOUT, _u32(vs.affinity_timeout))
-                + attr(IPVS_SVC_ATTR_NETMASK, b"\xff\xff\xff\xff"))
-    return attr(IPVS_CMD_ATTR_SERVICE, out)
+def _service_key(key: VirtualServerKey, extra: int = 0) -> bytes:
+    """IPVS_CMD_ATTR_SERVICE with the key; extra: the length of attributes to follow inside it."""
+    return _SERVICE_KEY.pack(4 + 32 + extra, IPVS_CMD_ATTR_SERVICE,
+                             6, IPVS_SVC_ATTR_AF, socket.AF_INET, 6, IPVS_SVC_ATTR_PROTOCOL,
+                             PROTOCOL_NUMBERS[key.protocol], 8, IPVS_SVC_ATTR_ADDR, socket.inet_aton(key.address),
+                             6, IPVS_SVC_ATTR_PORT, key.port.to_bytes(2, "big"))
 
 
 def _genl(cmd: int, attrs: bytes) -> bytes:
@@ -72,19 +67,24 @@ def _genl(cmd: int, attrs: bytes) -> bytes:
 
 
 def service_request(op: str, key: VirtualServerKey, vs: VirtualServer | None = None) -> bytes:
-    """The generic netlink payload of an IPVS service add, set or del."""
+    """The generic netlink payload of an IPVS service add, set or del (a full entry but for del)."""
     cmd = {"add": IPVS_CMD_NEW_SERVICE, "set": IPVS_CMD_SET_SERVICE, "del": IPVS_CMD_DEL_SERVICE}[op]
-    return _genl(cmd, _service_attrs(key, vs if op != "del" else None))
+    if op == "del" or vs is None:
+        return _genl(cmd, _service_key(key))
+    rest = (attr(IPVS_SVC_ATTR_SCHED_NAME, vs.scheduler.encode() + b"\0")
+            + _SERVICE_FULL.pack(12, IPVS_SVC_ATTR_FLAGS, vs.flags, 0xFFFF, 8, IPVS_SVC_ATTR_TIMEOUT,
+                                 vs.affinity_timeout, 8, IPVS_SVC_ATTR_NETMASK, b"\xff\xff\xff\xff"))
+    return _genl(cmd, _service_key(key, len(rest)) + rest)
 
 
 def dest_request(op: str, key: VirtualServerKey, real: RealServer) -> bytes:
     """The generic netlink payload of a real server add or del in key's virtual server."""
-    dest = (attr(IPVS_DEST_ATTR_ADDR, socket.inet_aton(real.address)) + attr(IPVS_DEST_ATTR_PORT, struct.pack("!H", real.port))
-            + attr(IPVS_DEST_ATTR_FWD_METHOD, _u32(FWD_MASQ)) + attr(IPVS_DEST_ATTR_WEIGHT, _u32(real.weight))
-            + attr(IPVS_DEST_ATTR_U_THRESH, _u32(0)) + attr(IPVS_DEST_ATTR_L_THRESH, _u32(0))
-            + attr(IPVS_DEST_ATTR_ADDR_FAMILY, _u16(socket.AF_INET)))
     cmd = {"add": IPVS_CMD_NEW_DEST, "del": IPVS_CMD_DEL_DEST}[op]
-    return _genl(cmd, _service_attrs(key, None) + attr(IPVS_CMD_ATTR_DEST, dest))
+    return _genl(cmd, _service_key(key) + _DEST.pack(
+        60, IPVS_CMD_ATTR_DEST, 8, IPVS_DEST_ATTR_ADDR, socket.inet_aton(real.address),
+        6, IPVS_DEST_ATTR_PORT, real.port.to_bytes(2, "big"), 8, IPVS_DEST_ATTR_FWD_METHOD, FWD_MASQ,
+        8, IPVS_DEST_ATTR_WEIGHT, real.weight, 8, IPVS_DEST_ATTR_U_THRESH, 0, 8, IPVS_DEST_ATTR_L_THRESH, 0,
+        6, IPVS_DEST_ATTR_ADDR_FAMILY, socket.AF_INET))
 
 
 def address_request(index: int, address: str) -> bytes:
@@ -120,10 +120,15 @@ class NetlinkBatch:
             sock.settimeout(120)             # a hang guard (TCG is slow), not a measure
             for start in range(0, len(self._requests), CHUNK):
                 chunk = self._requests[start:start + CHUNK]
-                data = b"".join(struct.pack("=IHHII", 16 + len(payload), msg_type, flags, start + i + 1, 0) + payload
-                                for i, (msg_type, flags, payload, _, _) in enumerate(chunk))
-                sock.sendall(data)
-                for seq, code in _acks(sock, len(chunk)):
+                last = start + len(chunk)
+                # only the chunk's last request asks for an ack: the kernel handles a send's
+                # requests in order and answers a failed one anyway, so that ack comes after
+                # every error of the chunk (one recv, not one per request)
+                sock.sendall(b"".join(
+                    struct.pack("=IHHII", 16 + len(payload), msg_type,
+                                flags if start + i + 1 == last else flags & ~NLM_F_ACK, start + i + 1, 0) + payload
+                    for i, (msg_type, flags, payload, _, _) in enumerate(chunk)))
+                for seq, code in _answers(sock, last):
                     _, _, _, op, what = self._requests[seq - 1]
                     if code and code not in ALREADY_SO.get(op, ()):
                         first_errno = first_errno or code
@@ -134,18 +139,18 @@ class NetlinkBatch:
             raise OSError(first_errno, f"netlink: {failures[0]}{more}")
 
 
-def _acks(sock: socket.socket, count: int):
-    """(sequence number, errno) of the next count acks."""
-    seen = 0
-    while seen < count:
+def _answers(sock: socket.socket, last: int):
+    """(sequence number, errno) of each answer up to and including the one to request last."""
+    while True:
         buf = sock.recv(1 << 20)
         offset = 0
         while offset + 16 <= len(buf):
             length, msg_type, _, seq, _ = struct.unpack_from("=IHHII", buf, offset)
             if msg_type == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", buf, offset + 16)
-                seen += 1
                 yield seq, -code
+                if seq == last:
+                    return
             offset += (length + 3) & ~3 or len(buf)
 
 

@@ -13,6 +13,7 @@ service port's name) matching exactly what the set entry would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from proxy.types import check_node  # noqa: F401  (one check of ProxyNode for every mode)
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName, categorize
@@ -218,10 +219,13 @@ def replan(previous: IpvsPlan, state: ProxyState, node: ProxyNode,
 
 # --- iptables ----------------------------------------------------------------
 
-def restore_text(want: IpvsPlan, node: ProxyNode) -> str:
+def restore_text(want: IpvsPlan, node: ProxyNode, jumps: Iterable[tuple[str, str, str, str]] = ()) -> str:
     """The iptables-restore input (for `--noflush`) of kube-proxy's IPVS-mode rules:
-    every chain declared, so rewritten whole."""
+    every chain declared, so rewritten whole; jumps (of JUMPS) inserted at the top
+    of their built-in chains."""
     mark = node.mark
+    inserts = {table: [f"-I {builtin} 1 {_comment(comment)} -j {chain}" for t, builtin, chain, comment in jumps
+                       if t == table] for table in ("nat", "filter")}
     by_chain: dict[str, dict[str, None]] = {"KUBE-SERVICES": {}, "KUBE-NODE-PORT": {}, "KUBE-POSTROUTING": {}}
     for name in sorted(want.services):
         for chain, rule in want.services[name].rules:
@@ -235,12 +239,14 @@ def restore_text(want: IpvsPlan, node: ProxyNode) -> str:
              f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
              f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
              f"-A KUBE-POSTROUTING {_comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE",
+             *inserts["nat"],
              "COMMIT",
              "*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS),
              "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
              f"-A KUBE-FORWARD {_comment('kubernetes forwarding rules')} -m mark --mark {mark}/{mark} -j ACCEPT",
              f"-A KUBE-FORWARD {_comment('kubernetes forwarding conntrack rule')} "
              "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             *inserts["filter"],
              "COMMIT"]
     return "\n".join(lines) + "\n"
 
@@ -248,6 +254,22 @@ def restore_text(want: IpvsPlan, node: ProxyNode) -> str:
 def iptables_rules(state: ProxyState, node: ProxyNode) -> str:
     """The iptables-restore input (for `--noflush`) of kube-proxy's IPVS-mode rules for state."""
     return restore_text(plan(state, node), node)
+
+
+def missing_jumps(saved: str) -> list[tuple[str, str, str, str]]:
+    """The JUMPS that iptables-save output lacks (it orders a rule's options its own
+    way: match the chain, the comment and the target)."""
+    table, found = "", set()
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            for jump in JUMPS:
+                t, builtin, chain, comment = jump
+                if (t == table and line.startswith(f"-A {builtin} ") and line.rstrip().endswith(f"-j {chain}")
+                        and _comment(comment) in line):
+                    found.add(jump)
+    return [jump for jump in JUMPS if jump not in found]
 
 
 def jump_rule(table: str, builtin: str, chain: str, comment: str) -> list[str]:

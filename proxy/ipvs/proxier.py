@@ -29,7 +29,8 @@ from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult
 from .netlink import (NETLINK_GENERIC, NETLINK_ROUTE, PROTOCOL_NUMBERS, RTM_DELADDR, RTM_NEWADDR, NetlinkBatch,
                       address_request, dest_request, genl_family_id, service_request)
 from .plan import (DUMMY_DEVICE, FILTER_CHAINS, FLAG_PERSISTENT, JUMPS, NAT_CHAINS, SYSCTLS, IpvsPlan, RealServer,
-                   RuleChanges, VirtualServer, VirtualServerKey, check_node, jump_rule, plan, replan, restore_text)
+                   RuleChanges, VirtualServer, VirtualServerKey, check_node, jump_rule, missing_jumps, plan, replan,
+                   restore_text)
 
 log = logging.getLogger("netlab.proxy.ipvs")
 
@@ -107,9 +108,13 @@ class IpvsProxier:
             self._device = self._ensure_device(ipr)   # first: it marks this namespace as running IPVS mode
             have_addresses = {a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
                               for a in ipr.get_addr(index=self._device, family=socket.AF_INET)}
-        text = restore_text(want, self.node)
+        # one iptables-save finds the jumps from the built-in chains that are missing;
+        # the one restore inserts them with the rules (not an iptables -C/-I per jump)
+        saved = self._run(["iptables-save"])
+        if saved.returncode != 0:
+            raise RuntimeError(f"iptables-save: {saved.stderr.strip()}")
+        text = restore_text(want, self.node, missing_jumps(saved.stdout))
         self._restore(text)
-        self._ensure_jumps()
         if self._family is None:
             self._family = genl_family_id(netns=self.netns)
         with self._socket(IPVS) as ipvs:
@@ -182,14 +187,6 @@ class IpvsProxier:
         res = self._run(["iptables-restore", "--noflush"], input=text)
         if res.returncode != 0:
             raise RuntimeError(f"iptables-restore: {res.stderr.strip()}")
-
-    def _ensure_jumps(self) -> None:
-        for table, builtin, chain, comment in JUMPS:
-            spec = jump_rule(table, builtin, chain, comment)
-            if self._run(["iptables", "-w", "-t", table, "-C", *spec]).returncode != 0:
-                res = self._run(["iptables", "-w", "-t", table, "-I", *spec])
-                if res.returncode != 0:
-                    raise RuntimeError(f"iptables -t {table} -I {builtin}: {res.stderr.strip()}")
 
     # --- cleanup --------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.ipvs import netlink as nl
-from proxy.ipvs.plan import (FLAG_PERSISTENT, RealServer, VirtualServer, VirtualServerKey, check_node,
-                             iptables_rules, plan, replan)
+from proxy.ipvs.plan import (FLAG_PERSISTENT, JUMPS, RealServer, VirtualServer, VirtualServerKey, check_node,
+                             iptables_rules, missing_jumps, plan, replan, restore_text)
 from proxy.types import Endpoint, ProxyNode, ProxyState, ServicePort, ServicePortName
 
 NODE = ProxyNode("node-1", ("192.168.56.11", "192.168.56.12"), "10.244.0.0/16")
@@ -107,6 +107,27 @@ def test_rules_keep_the_client_address_under_external_policy_local_and_use_the_n
     rules = iptables_rules(state(svc, Endpoint("10.244.1.5", 8080, "node-1")), node)
     assert "--dport 30080" not in rules and "203.0.113.9" not in rules
     assert "-A KUBE-POSTROUTING -m mark ! --mark 0x8000/0x8000 -j RETURN" in rules.splitlines()
+
+
+def test_missing_jumps_are_found_in_iptables_save_order_and_inserted_by_the_restore():
+    saved = """*nat
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "other" -j KUBE-SERVICES
+COMMIT
+*filter
+-A FORWARD -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+"""
+    missing = missing_jumps(saved)
+    assert [(t, builtin) for t, builtin, _, _ in missing] == [("nat", "OUTPUT"), ("nat", "POSTROUTING"),
+                                                              ("filter", "FORWARD")]
+    assert missing_jumps("") == list(JUMPS)
+    text = restore_text(plan(ProxyState(), NODE), NODE, missing)
+    nat, filter_ = text.split("*filter")
+    assert '-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' in nat.splitlines()
+    assert '-I FORWARD 1 -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD' in filter_.splitlines()
+    assert "-I PREROUTING" not in text
 
 
 # --- partial syncs: only the changed service ports, only the rules that changed ---
