@@ -310,11 +310,13 @@ def remove_node(lab_name: str, node: str, *, timeout: float = 60.0) -> None:
     wait_ready(store, paths, new, timeout, Progress(enabled=False))
 
 
-def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str) -> None:
+def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str, *, host_mode: bool = False) -> None:
+    """host_mode: the node is a machine (node join), not a namespace of ours: only its pods'
+    namespaces go (a namespace that happens to be called <lab>-<node> is not its)."""
     pid = state.agent_alive(paths, node)
     if pid:
         _kill([pid])
-    node_ns = lab.node_netns(node)
+    node_ns = None if host_mode else lab.node_netns(node)
     lab_state = state.LabState(store)
     pod_netns = []
     for key, st in lab_state.pod_statuses().items():

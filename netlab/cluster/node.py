@@ -193,7 +193,7 @@ def leave(node: str | None = None, *, store_url: str | None = None, say=print) -
         pod_netns = [st.netns for st in lab_state.pod_statuses().values() if st.node == record.node and st.netns]
         removed_pods = len(pod_netns)
         with desired_lock(store, f"node leave {record.node}"):
-            engine._remove_node(paths, store, lab, record.node)   # pods, slices, lease, status, files
+            engine._remove_node(paths, store, lab, record.node, host_mode=True)  # pods, slices, lease, status, files
             lab_state.delete_heartbeat(record.node)
             rest = [n.to_dict() for n in lab.nodes if n.name != record.node]
             if rest:

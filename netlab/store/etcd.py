@@ -29,6 +29,7 @@ LeaseTimeToLive (cached per lease: nobody here keeps a lease alive, renewing = a
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import queue
@@ -82,6 +83,8 @@ class EtcdStore(Store):
         self.timeout = timeout
         self._local = threading.local()      # one HTTP session per thread
         self._lease_expiry: dict[int, float] = {}
+        self._tail: _Tail | None = None
+        self._tail_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EtcdStore({self.url!r})"
@@ -229,21 +232,41 @@ class EtcdStore(Store):
 
     # -- history -------------------------------------------------------------
     def events_since(self, prefix: str, revision: int) -> list[Event]:
-        return self._history(prefix, revision)[0]
-
-    def _history(self, prefix: str, after: int) -> tuple[list[Event], int]:
-        """Events under prefix after revision `after`, up to the head revision; and that head."""
         head = self.revision()
+        if head <= revision:
+            return []
+        # A poller (an agent's watcher) asks again and again: the first call starts a
+        # stream following the whole keyspace, and later calls are answered from what it
+        # has seen, once it has seen the head (no new watch each time: etcd serves a watch
+        # that starts in the past from a loop that runs every 100 ms).
+        with self._tail_lock:
+            tail = self._tail
+            if tail is not None and tail.failed is not None:
+                tail.stop()
+                tail = self._tail = None
+        if tail is not None:
+            events = tail.since(prefix, revision, head, timeout=self.timeout)
+            if events is not None:
+                return events
+        events = self._history(prefix, revision, head)
+        with self._tail_lock:
+            if self._tail is None:
+                self._tail = _Tail(self, head + 1)
+        return events
+
+    def _history(self, prefix: str, after: int, head: int | None = None) -> list[Event]:
+        """Events under prefix after revision `after`, up to head (default: the head now)."""
+        head = self.revision() if head is None else head
         if head <= after:
-            return [], head
+            return []
         events = []
         # The whole keyspace, filtered here: every revision has at least one event
         # somewhere, so the head's event marks the end of the history asked for.
         with _WatchStream(self, _ALL, _ALL, after + 1, self.timeout) as stream:
-            for batch in stream.batches(deadline=time.monotonic() + max(self.timeout, 10.0)):
-                events += [e for e in batch if e.key.startswith(prefix)]
-                if batch and batch[-1].revision >= head:
-                    return events, head
+            for batch, last in stream.batches(deadline=time.monotonic() + max(self.timeout, 10.0)):
+                events += [e for e in batch if e.key.startswith(prefix) and e.revision <= head]
+                if last >= head:
+                    return events
         raise StoreUnavailable(f"etcd at {self.host}:{self.port}: the watch from revision {after + 1} ended "
                                f"before revision {head}; try again")
 
@@ -267,9 +290,9 @@ class EtcdStore(Store):
     def _watch(self, prefix: str, after: int, deadline: float | None,
                stop: threading.Event | None) -> Iterator[Event]:
         # catch up first (so timeout=0 still delivers the history asked for), then stream
-        events, head = self._history(prefix, after)
-        yield from events
-        follower = _Follower(self, prefix, head + 1)
+        head = self.revision()
+        yield from self._history(prefix, after, head)
+        follower = _Follower(self, self._key(prefix) or _ALL, self._range_end(prefix), max(head, after) + 1)
         try:
             while True:
                 if stop is not None and stop.is_set():
@@ -288,6 +311,10 @@ class EtcdStore(Store):
             follower.stop()
 
     def close(self) -> None:
+        with self._tail_lock:
+            if self._tail is not None:
+                self._tail.stop()
+                self._tail = None
         c = getattr(self._local, "client", None)
         if c is not None:
             c.session.close()
@@ -316,9 +343,10 @@ class _WatchStream:
             self.close()
             raise StoreError(f"etcd at {store.host}:{store.port}: watch refused: {text}")
 
-    def batches(self, deadline: float | None = None) -> Iterator[list[Event]]:
-        """Each response's events (empty lists for responses without). Ends when the stream
-        does; raises CompactedError for a start etcd has compacted away."""
+    def batches(self, deadline: float | None = None) -> Iterator[tuple[list[Event], int]]:
+        """Each response's events under the store's prefix, and the highest revision among
+        all its events (0 for a response without). Ends when the stream does; raises
+        CompactedError for a start etcd has compacted away."""
         try:
             for line in self.resp.iter_lines():
                 if not line.strip():
@@ -331,7 +359,9 @@ class _WatchStream:
                     raise CompactedError(self.start_revision, _int(result, "compact_revision"))
                 if result.get("canceled"):
                     raise StoreError(f"etcd canceled the watch: {result.get('cancel_reason') or 'no reason given'}")
-                yield [e for e in map(self.store._event, result.get("events") or ()) if e is not None]
+                raw = result.get("events") or ()
+                last = max((_int(e["kv"], "mod_revision") for e in raw), default=0)
+                yield [e for e in map(self.store._event, raw) if e is not None], last
                 if deadline is not None and time.monotonic() > deadline:
                     return
         except requests.RequestException:
@@ -359,33 +389,38 @@ class _WatchStream:
 
 
 class _Follower:
-    """A thread following a prefix from a revision into a queue; when the stream ends
-    (etcd restarted, the link was cut, it was idle too long) it reopens it from the
-    revision after the last event delivered, backing off while etcd is away."""
+    """A thread following a key range (raw keys) from a revision into a queue; when the
+    stream ends (etcd restarted, the link was cut, it was idle too long) it reopens it
+    from the revision after the last one it saw, backing off while etcd is away."""
 
-    def __init__(self, store: EtcdStore, prefix: str, start_revision: int):
-        self.store, self.prefix, self.next_revision = store, prefix, start_revision
+    def __init__(self, store: EtcdStore, key: str, range_end: str, start_revision: int):
+        self.store, self.key, self.range_end, self.next_revision = store, key, range_end, start_revision
         self.queue: queue.Queue = queue.Queue()
         self._stopped = threading.Event()
         self._stream: _WatchStream | None = None
         self._lock = threading.Lock()
         self.reconnects = 0
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"etcd-watch {prefix}")
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"etcd-watch {key!r}")
         self.thread.start()
+
+    def _deliver(self, events: list[Event], last: int) -> None:
+        for event in events:
+            self.queue.put(event)
+
+    def _fail(self, error: StoreError) -> None:
+        self.queue.put(error)
 
     def _run(self) -> None:
         backoff = 0.1
-        key = self.store._key(self.prefix) or _ALL
         while not self._stopped.is_set():
             try:
-                stream = _WatchStream(self.store, key, self.store._range_end(self.prefix), self.next_revision,
-                                      WATCH_IDLE)
+                stream = _WatchStream(self.store, self.key, self.range_end, self.next_revision, WATCH_IDLE)
             except StoreUnavailable:
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except StoreError as e:
-                self.queue.put(e)
+                self._fail(e)
                 return
             with self._lock:
                 if self._stopped.is_set():
@@ -393,13 +428,13 @@ class _Follower:
                     return
                 self._stream = stream
             try:
-                for batch in stream.batches():
+                for batch, last in stream.batches():
                     backoff = 0.1
-                    for event in batch:
-                        self.queue.put(event)
-                        self.next_revision = event.revision + 1
+                    self._deliver(batch, last)
+                    if last:
+                        self.next_revision = last + 1
             except StoreError as e:       # compacted or canceled: the consumer must re-list
-                self.queue.put(e)
+                self._fail(e)
                 return
             finally:
                 stream.close()
@@ -410,3 +445,46 @@ class _Follower:
             self._stopped.set()
             if self._stream is not None:
                 self._stream.close()
+
+
+class _Tail(_Follower):
+    """The whole keyspace followed from a revision and kept in memory (the last KEEP
+    events under the store's prefix), for events_since."""
+
+    KEEP = 10_000
+
+    def __init__(self, store: EtcdStore, start_revision: int):
+        self.events: list[Event] = []
+        self.covers_from = start_revision    # every event from this revision on is in self.events
+        self.seen = start_revision - 1       # the highest revision the stream has shown, any key
+        self.failed: StoreError | None = None
+        self.cond = threading.Condition()
+        super().__init__(store, _ALL, _ALL, start_revision)
+
+    def _deliver(self, events: list[Event], last: int) -> None:
+        with self.cond:
+            self.events += events
+            self.seen = max(self.seen, last)
+            if len(self.events) > self.KEEP:
+                cut = self.events[-self.KEEP].revision   # whole revisions only
+                self.events = self.events[bisect.bisect_left(self.events, cut, key=lambda e: e.revision):]
+                self.covers_from = cut
+            self.cond.notify_all()
+
+    def _fail(self, error: StoreError) -> None:
+        with self.cond:
+            self.failed = error
+            self.cond.notify_all()
+
+    def since(self, prefix: str, after: int, head: int, *, timeout: float) -> list[Event] | None:
+        """Events under prefix in (after, head]; None when this tail cannot say (it starts
+        later, it failed, or it has not seen head within timeout)."""
+        with self.cond:
+            if after + 1 < self.covers_from:
+                return None
+            if not self.cond.wait_for(lambda: self.seen >= head or self.failed is not None, timeout):
+                return None
+            if self.failed is not None:
+                return None
+            first = bisect.bisect_right(self.events, after, key=lambda e: e.revision)
+            return [e for e in self.events[first:] if e.revision <= head and e.key.startswith(prefix)]

@@ -358,6 +358,38 @@ def test_etcd_watch_survives_a_restart_from_the_revision_it_had(tmp_path):
         server.destroy()
 
 
+def test_etcd_polling_events_since_is_exact_across_a_restart(tmp_path):
+    # an agent's watcher polls events_since: answered from one followed stream, exactly
+    server = EtcdServer(str(tmp_path / "data"), client_port=free_port(), peer_port=free_port()).start()
+    try:
+        reader, writer = open_store(server.store_url + "/p"), open_store(server.store_url + "/p")
+        after, seen = reader.revision(), []
+
+        def poll():
+            nonlocal after
+            events = reader.events_since("/k/", after)
+            seen.extend((e.type, e.key) for e in events)
+            after = max([after] + [e.revision for e in events])
+
+        for i in range(3):
+            writer.put(f"/k/{i}", "v")
+            writer.put("/other", "x")   # outside the prefix asked for
+            poll()
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            poll()
+        server.start()
+        writer.delete("/k/0")
+        writer.put("/k/3", "v")
+        poll()
+        assert seen == [(EventType.PUT, "/k/0"), (EventType.PUT, "/k/1"), (EventType.PUT, "/k/2"),
+                        (EventType.DELETE, "/k/0"), (EventType.PUT, "/k/3")]
+        reader.close()
+        writer.close()
+    finally:
+        server.destroy()
+
+
 def test_etcd_unreachable_fails_fast_and_says_so():
     s = open_store(f"etcd://127.0.0.1:{free_port()}", timeout=1)
     t0 = time.monotonic()
