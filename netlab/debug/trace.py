@@ -298,6 +298,7 @@ def trace(lab_name: str, src: str, dst: str, *, namespace: str | None = None, po
                                            for f in got):
                 answered_at = time.monotonic()
                 deadline = min(deadline, answered_at + SETTLE)
+        run.frames.extend(sniffer.read(0))   # what reached the rings during the last wait
 
     seen = [Seen(f, decode(f.data, lab.vxlan.port), where.get(f.netns, f.netns)) for f in run.frames]
     run.forward, run.reply = split_paths(seen, probe)
