@@ -160,6 +160,17 @@ def main() -> int:
     sync = proxier.sync(added)          # a full sync reads the kernel back: the partial ones left nothing to do
     result["full_after_partials"] = {"error": sync.error, "changes": proxier.ipvs_changes,
                                      "same_rules": kube_rules() == after_partials}
+    # someone deletes kube-ipvs0: the partial sync, trusting its memory, fails and says so;
+    # the next one is full and puts the addresses back
+    subprocess.run(["ip", "-n", NODE, "link", "del", "kube-ipvs0"], check=True)
+    fourth = ServicePortName("default", "fourth", "http")
+    grown = ProxyState({**added.services, fourth: ServicePort(fourth, "TCP", "10.96.0.23", 80)},
+                       {**added.endpoints, fourth: added.endpoints[EXTRA]})
+    broken = proxier.sync(grown, frozenset({fourth}))       # its address cannot go on a missing device
+    repaired = proxier.sync(grown, frozenset({fourth}))
+    result["interference"] = {"partial_failed": broken.error is not None and not broken.full,
+                              "next_full": repaired.full, "next_error": repaired.error,
+                              "after": survey(CLIENT, "10.96.0.20", 80), "fourth": survey(CLIENT, "10.96.0.23", 80)}
     proxier.cleanup()
     result["leftovers"] = leftovers()
     result["guest_seconds"] = round(time.monotonic() - t0, 1)

@@ -80,6 +80,14 @@ def test_full_sync_after_partial_ones_finds_the_kernel_as_planned(guest):
     assert result["full_after_partials"] == {"error": None, "changes": 0, "same_rules": True}
 
 
+def test_a_partial_sync_the_kernel_refuses_makes_the_next_one_full(guest):
+    result, run = guest
+    outcome = result["interference"]
+    assert (outcome["partial_failed"], outcome["next_full"], outcome["next_error"]) == (True, True, None), run.explain()
+    assert outcome["after"]["counts"] == {"pod-b": 12}
+    assert outcome["fourth"]["counts"] == {"pod-a": 6, "pod-b": 6}
+
+
 def test_cleanup_leaves_nothing(guest):
     result, _ = guest
     assert result["leftovers"] == {"kube_ipvs0": False, "virtual_servers": [], "kube_rules": []}
