@@ -14,13 +14,13 @@ from .namespace import (RootNamespaceError, enable_host_mode, ensure_netns, is_h
 from .node import ensure_node, remove_node
 from .overlay import (Peer, ensure_peer, ensure_vxlan, list_peers, new_vtep_mac, remove_peer,
                       remove_vxlan, sync_peers, vxlan_name)
-from .underlay import (ensure_underlay, ensure_underlay_port, remove_underlay,
+from .underlay import (ensure_default_route, ensure_underlay, ensure_underlay_port, remove_underlay,
                        remove_underlay_port, underlay_port_name)
 
 __all__ = [
     "RootNamespaceError", "enable_host_mode", "is_host_mode", "ensure_netns", "netns_exists", "pids_in_netns", "remove_netns",
     "ensure_node", "remove_node",
-    "ensure_underlay", "ensure_underlay_port", "remove_underlay", "remove_underlay_port",
+    "ensure_default_route", "ensure_underlay", "ensure_underlay_port", "remove_underlay", "remove_underlay_port",
     "underlay_port_name",
     "Peer", "ensure_vxlan", "remove_vxlan", "ensure_peer", "remove_peer", "sync_peers",
     "list_peers", "new_vtep_mac", "vxlan_name",

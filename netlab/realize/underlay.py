@@ -167,3 +167,17 @@ def remove_underlay_port(underlay_ns: str, host_ns: str, ifname: str = "eth0",
                         raise
                 return True
     return False
+
+
+def ensure_default_route(host_ns: str, gateway: str) -> bool:
+    """A default route via gateway (on the underlay), as a real node has one via its
+    router: traffic to a Service without endpoints must be routable to reach
+    kube-proxy's REJECT in the FORWARD chain (with no route the node answers
+    'network unreachable' first), and pods' egress leaves the node this way.
+    Returns True when the route changed."""
+    with iproute(host_ns) as ipr:
+        current = [r.get_attr("RTA_GATEWAY") for r in ipr.get_default_routes(family=2, table=254)]
+        if current == [gateway]:
+            return False
+        ipr.route("replace", dst="0.0.0.0/0", gateway=gateway)
+        return True
