@@ -124,7 +124,7 @@ def run_backend(backend: str, machines: dict[str, str], repeat: int, pods: int, 
         for vm in (vm2, vm1):
             subprocess.run(["nsenter", f"--net=/run/netns/{vm}", "--", KUBE_NETLAB, "node", "leave", "--store", url],
                            capture_output=True)
-        engine.down(LAB)
+        engine.down(LAB, joined_too=True)
         if server:
             server.destroy()
 

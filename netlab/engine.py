@@ -344,8 +344,14 @@ def _remove_node(paths: state.LabPaths, store, lab: Lab, node: str, *, host_mode
 
 # --- down ----------------------------------------------------------------------------------
 
-def down(lab_name: str) -> list[str]:
-    """Remove everything of the lab; returns the namespaces removed. Idempotent."""
+def down(lab_name: str, *, joined_too: bool = False) -> list[str]:
+    """Remove everything of the lab; returns the namespaces removed. Idempotent.
+    A cluster this machine joined (node join) is refused unless joined_too: down would
+    leave the host's cni0, flannel.1 and rules, which only node leave knows to remove."""
+    joined = os.path.join(state.LabPaths(lab_name).dir, "nodes")
+    if not joined_too and any(os.path.exists(os.path.join(joined, n, "host.json")) for n in _listdir(joined)):
+        raise LabError(f"{lab_name} is a cluster this machine joined as a node; use kube-netlab node leave "
+                       f"(it removes what the node made on this host, and nothing else)")
     _kill(state.agent_pids(lab_name))
     removed: list[str] = []
     for _ in range(3):  # a killed agent's `ip netns add` child may still finish: look again

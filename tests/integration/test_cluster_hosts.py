@@ -108,7 +108,7 @@ class Cluster:
     def teardown(self):
         for vm in (self.vm1, self.vm2):
             on(vm, "node", "leave", "--name", vm, "--store", STORE, check=False, timeout=60)
-        engine.down(self.name)  # only if a leave failed: pod namespaces carry the cluster's prefix
+        engine.down(self.name, joined_too=True)  # only if a leave failed: pod namespaces carry the cluster's prefix
         self.etcd.destroy()
 
 
@@ -147,6 +147,9 @@ def test_two_hosts_join_talk_over_vxlan_share_a_service_and_leave_nothing(cluste
              lambda: _peers(vm1) == {leases["192.168.56.12"]} and _peers(vm2) == {leases["192.168.56.11"]})
     heartbeats = cluster.heartbeats()
     assert set(heartbeats) == {vm1, vm2} and all(hb.host_mode for hb in heartbeats.values())
+    # `down` would leave the host's cni0, flannel.1 and rules behind: node leave is the way out
+    refused = on(vm1, "down", cluster.name, check=False)
+    assert refused.returncode == 1 and "node leave" in refused.stderr
 
     # pods on both hosts reach each other; the Service spans both
     manifest = os.path.join(os.path.dirname(cluster.etcd.data_dir), "web.yaml")
