@@ -47,6 +47,9 @@ def _run(func):
     def run(a) -> int:
         from ..store import StoreError
         from .control import ClusterError
+        if os.geteuid() != 0:
+            print("kube-netlab: run as root (a node's agent changes this host's network)", file=sys.stderr)
+            return 1
         try:
             return func(a)
         except ModelError as e:

@@ -23,10 +23,8 @@ import time
 
 from .. import engine, state
 from ..model import ModelError, names
-from ..progress import Progress
 from ..realize.namespace import get_sysctl, process_alive, set_sysctl
 from ..realize.node import NODE_SYSCTLS
-from ..store import StoreError
 from ..store.subnets import find_lease, release_lease
 from .control import ClusterError, _open, desired_lock, lab_of
 from .host import HostError, HostRecord, _addresses, choose_underlay, link_exists, records_here
@@ -51,7 +49,7 @@ def _kube_proxy_here() -> str | None:
 
 
 def join(store_url: str, node: str, *, iface: str | None = None, public_ip: str | None = None,
-         timeout: float = JOIN_TIMEOUT, lease_ttl: float | None = None, progress: Progress | None = None,
+         timeout: float = JOIN_TIMEOUT, lease_ttl: float | None = None,
          say=print) -> tuple[state.NodeStatus, HostRecord]:
     if iface and public_ip:
         raise ClusterError("give --iface or --public-ip, not both (flanneld takes one)")

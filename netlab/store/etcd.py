@@ -36,7 +36,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import requests
