@@ -222,15 +222,31 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    agent = Agent(a.lab, a.node, lease_ttl=a.lease_ttl, store=open_store(a.store) if a.store else None,
-                  host_mode=a.host_mode)
-    try:
-        agent.run(stop)
-    except Exception:
-        log.error("agent failed:\n%s", traceback.format_exc())
+    store = open_store(a.store) if a.store else None
+    delay = 1.0
+    while True:  # a store away at start (etcd not up yet): wait for it, as the kubelet waits for its API server
+        agent = None
+        try:
+            agent = Agent(a.lab, a.node, lease_ttl=a.lease_ttl, store=store, host_mode=a.host_mode)
+            agent.run(stop)
+            return 0
+        except StoreUnavailable as e:
+            if agent is not None and agent.started:
+                return _failed(agent)
+            log.warning("store unreachable before the node was set up (next try in %.0fs): %s", delay, e)
+            if stop.wait(delay):
+                return 0
+            delay = min(delay * 2, STORE_RETRY_MAX)
+        except Exception:
+            return _failed(agent)
+
+
+def _failed(agent: Agent | None) -> int:
+    """Called from an except block: log the failure and report it as the node's status."""
+    log.error("agent failed:\n%s", traceback.format_exc())
+    if agent is not None:
         try:
             agent.report_node(fatal=traceback.format_exc(limit=1).strip().splitlines()[-1])
         except Exception:
             pass
-        return 1
-    return 0
+    return 1
