@@ -178,6 +178,7 @@ def test_two_hosts_join_talk_over_vxlan_share_a_service_and_leave_nothing(cluste
     routes = sh(vm1, "ip", "route").stdout
     assert leases["192.168.56.12"] not in routes
     assert "192.168.56.12" not in sh(vm1, "bridge", "fdb", "show", "dev", "flannel.1").stdout
+    assert leases["192.168.56.12"].split("/")[0] not in sh(vm1, "ip", "neigh", "show", "dev", "flannel.1").stdout
     links = set(sh(vm2, "ls", "/sys/class/net").stdout.split())
     assert links == {"lo", "eth0"}
     assert "KUBE-" not in sh(vm2, "iptables-save").stdout and "FLANNEL" not in sh(vm2, "iptables-save").stdout
@@ -248,8 +249,10 @@ def test_a_host_whose_lease_expires_disappears_from_the_others(cluster):
     _two_hosts_with_web(cluster, vm2_lease_ttl=3)
     vm2_subnet = cluster.leases()["192.168.56.12"]
     wait_for("vm1 has vm2 as its peer", lambda: _peers(cluster.vm1) == {vm2_subnet})
+    assert vm2_subnet.split("/")[0] in sh(cluster.vm1, "ip", "neigh", "show", "dev", "flannel.1").stdout
     os.kill(_agent_pid(cluster, cluster.vm2), signal.SIGKILL)   # nobody renews vm2's lease now
     wait_for("vm1 drops vm2 once its lease expired", lambda: not _peers(cluster.vm1))
     assert vm2_subnet not in sh(cluster.vm1, "ip", "route").stdout
     assert "192.168.56.12" not in sh(cluster.vm1, "bridge", "fdb", "show", "dev", "flannel.1").stdout
+    assert vm2_subnet.split("/")[0] not in sh(cluster.vm1, "ip", "neigh", "show", "dev", "flannel.1").stdout
     assert "192.168.56.12" not in cluster.leases()
