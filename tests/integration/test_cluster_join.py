@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +87,35 @@ def test_control_up_listen_starts_etcd_and_running_it_again_uses_it(namespaces, 
         out = subprocess.run(["pgrep", "-f", f"--data-dir {data}"], capture_output=True, text=True).stdout
         for pid in out.split():
             os.kill(int(pid), signal.SIGKILL)
+
+
+HOST_MODE_PROBE = """
+import sys
+from netlab.realize import RootNamespaceError, enable_host_mode, ensure_node, remove_netns
+from netlab.realize.namespace import run_in
+try:
+    run_in("/proc/self/ns/net", ["true"])
+    sys.exit("changed the host namespace without host mode")
+except RootNamespaceError:
+    pass
+here = enable_host_mode()
+ensure_node(here)                       # the host is the node: sysctls set in it, nothing created
+print(run_in(here, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip())
+try:
+    remove_netns(here)
+    sys.exit("removed the host namespace in host mode")
+except RootNamespaceError as e:
+    print(e)
+"""
+
+
+def test_host_mode_lets_realizers_change_the_host_but_never_remove_it(namespaces):
+    # a process of its own, in a namespace of the test: host mode is per process, and
+    # the test process itself must never enable it (its namespace is the real host's)
+    host = namespaces.new("host")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{host}", "--", sys.executable, "-c", HOST_MODE_PROBE],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr + out.stdout
+    forwarding, refusal = out.stdout.strip().splitlines()
+    assert forwarding == "1" and "refusing to remove it" in refusal
