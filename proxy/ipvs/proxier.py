@@ -20,26 +20,19 @@ import subprocess
 import time
 from typing import AbstractSet, Mapping
 
-from pyroute2 import IPVS, IPRoute, IPVSService
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni import netns as _netns
 from proxy.types import ProxyNode, ProxyState, ServicePortName, SyncResult
 
-from .netlink import (NETLINK_GENERIC, NETLINK_ROUTE, PROTOCOL_NUMBERS, RTM_DELADDR, RTM_NEWADDR, NetlinkBatch,
+from .netlink import (NETLINK_GENERIC, NETLINK_ROUTE, RTM_DELADDR, RTM_NEWADDR, NetlinkBatch, NetlinkDumps,
                       address_request, dest_request, genl_family_id, service_request)
 from .plan import (DUMMY_DEVICE, FILTER_CHAINS, FLAG_PERSISTENT, JUMPS, NAT_CHAINS, SYSCTLS, IpvsPlan, RealServer,
                    RuleChanges, VirtualServer, VirtualServerKey, check_node, jump_rule, missing_jumps, plan, replan,
                    restore_text)
 
 log = logging.getLogger("netlab.proxy.ipvs")
-
-PROTOCOL_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
-
-
-def _service_record(key: VirtualServerKey) -> IPVSService:
-    """pyroute2's key of a virtual server, for its dumps and cleanup."""
-    return IPVSService(addr=key.address, port=key.port, protocol=PROTOCOL_NUMBERS[key.protocol])
 
 
 class IpvsProxier:
@@ -96,7 +89,7 @@ class IpvsProxier:
                 want, rule_changes = replan(self._synced, state, self.node, changed)
                 ops, rule_lines = self._sync_partial(want, changed, rule_changes)
         except (NetlinkError, OSError, RuntimeError) as e:
-            self._synced = None
+            self._synced, self._family = None, None   # the next sync is full and looks everything up again
             log.error("ipvs sync failed (the next one is full): %s", e)
             return SyncResult(full=full, seconds=time.monotonic() - t0, error=str(e))
         self._synced, self.ipvs_changes = want, ops
@@ -117,10 +110,12 @@ class IpvsProxier:
         self._restore(text)
         if self._family is None:
             self._family = genl_family_id(netns=self.netns)
-        with self._socket(IPVS) as ipvs:
-            kernel = read_virtual_servers(ipvs)
-            have = {key: VirtualServer(key, None, tuple(read_real_servers(ipvs, key)) if key in want.virtual_servers
-                                       else (), scheduler, timeout if flags & FLAG_PERSISTENT else 0)
+        with NetlinkDumps(NETLINK_GENERIC, self.netns) as dumps:
+            kernel = dumps.virtual_servers(self._family)
+            # real servers only of the ones kept (the others are deleted whole)
+            have = {key: VirtualServer(key, None, tuple(dumps.real_servers(self._family, key))
+                                       if key in want.virtual_servers else (),
+                                       scheduler, timeout if flags & FLAG_PERSISTENT else 0)
                     for key, (scheduler, flags, timeout) in kernel.items()}
         ops = self._write(have, want.virtual_servers, have.keys() | want.virtual_servers.keys(),
                           have_addresses, want.addresses)
@@ -200,11 +195,18 @@ class IpvsProxier:
                 self._remove_rules()
                 ipr.link("del", index=found[0])
         try:
-            with self._socket(IPVS) as ipvs:
-                for key in read_virtual_servers(ipvs):
-                    ipvs.service("del", service=_service_record(key))
-        except NetlinkError as e:   # no IPVS in this kernel: nothing of it can exist
+            self._family = self._family or genl_family_id(netns=self.netns)
+        except OSError as e:        # no IPVS in this kernel: nothing of it can exist
             log.debug("ipvs cleanup: %s", e)
+            keys = []
+        else:
+            with NetlinkDumps(NETLINK_GENERIC, self.netns) as dumps:
+                keys = sorted(dumps.virtual_servers(self._family))
+        if keys:
+            batch = NetlinkBatch(NETLINK_GENERIC, self.netns)
+            for key in keys:
+                batch.add(self._family, "del", service_request("del", key), f"delete virtual server {key}")
+            batch.send()
         self._synced = None
 
     def _remove_rules(self) -> None:
@@ -218,29 +220,3 @@ class IpvsProxier:
         res = self._run(["iptables-restore", "--noflush"], input="\n".join(lines) + "\n")
         if res.returncode != 0:
             log.warning("ipvs cleanup: KUBE-* chains stay (still referenced?): %s", res.stderr.strip())
-
-
-def read_virtual_servers(ipvs: IPVS) -> dict[VirtualServerKey, tuple[str, int, int]]:
-    """The kernel's virtual servers: key -> (scheduler, flags, timeout). fwmark
-    services (no address) are not ours and are skipped."""
-    out = {}
-    for msg in ipvs.service("dump"):
-        svc = msg.get("IPVS_CMD_ATTR_SERVICE")
-        protocol = PROTOCOL_NAMES.get(svc.get("IPVS_SVC_ATTR_PROTOCOL"))
-        address = svc.get("IPVS_SVC_ATTR_ADDR")
-        if protocol is None or not address:
-            continue
-        key = VirtualServerKey(protocol, address, svc.get("IPVS_SVC_ATTR_PORT"))
-        flags = svc.get("IPVS_SVC_ATTR_FLAGS")
-        out[key] = (svc.get("IPVS_SVC_ATTR_SCHED_NAME"), flags["flags"] if flags else 0,
-                    svc.get("IPVS_SVC_ATTR_TIMEOUT") or 0)
-    return out
-
-
-def read_real_servers(ipvs: IPVS, key: VirtualServerKey) -> set[RealServer]:
-    out = set()
-    for msg in ipvs.dest("dump", service=_service_record(key)):
-        dest = msg.get("IPVS_CMD_ATTR_DEST")
-        out.add(RealServer(dest.get("IPVS_DEST_ATTR_ADDR"), dest.get("IPVS_DEST_ATTR_PORT"),
-                           dest.get("IPVS_DEST_ATTR_WEIGHT")))
-    return out

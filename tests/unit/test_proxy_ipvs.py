@@ -236,6 +236,30 @@ def test_address_requests_encode_a_host_route_on_the_device():
     assert (msg.get("IFA_LOCAL"), msg.get("IFA_ADDRESS")) == ("10.96.0.10", "10.96.0.10")
 
 
+def _pyroute2_message(cmd: int, attrs: list) -> bytes:
+    from pyroute2.netlink.generic import ipvs
+    msg = ipvs.ipvsmsg()
+    msg["cmd"], msg["version"], msg["attrs"] = cmd, ipvs.GENL_VERSION, attrs
+    msg.encode()
+    return msg.data[16:]
+
+
+def test_dumped_virtual_and_real_servers_are_read_as_pyroute2_writes_them():
+    from pyroute2 import IPVSDest, IPVSService
+    from pyroute2.netlink.generic import ipvs
+    service = IPVSService(addr="10.96.0.21", port=80, protocol=6, sched_name="rr", timeout=10800,
+                          flags={"flags": FLAG_PERSISTENT | 0x2, "mask": 0xFFFF})   # 0x2: the kernel's "hashed"
+    message = _pyroute2_message(ipvs.IPVS_CMD_NEW_SERVICE, [("IPVS_CMD_ATTR_SERVICE", service.dump_nla())])
+    assert nl.virtual_server_of(message) == (VirtualServerKey("TCP", "10.96.0.21", 80), ("rr", 0x3, 10800))
+    fwmark = IPVSService(fwmark=7, protocol=6, af=2, sched_name="rr")
+    assert nl.virtual_server_of(_pyroute2_message(ipvs.IPVS_CMD_NEW_SERVICE,
+                                                  [("IPVS_CMD_ATTR_SERVICE", fwmark.dump_nla())])) is None
+    dest = IPVSDest(addr="10.244.1.5", port=8080, weight=3, fwd_method=0)
+    message = _pyroute2_message(ipvs.IPVS_CMD_NEW_DEST, [("IPVS_CMD_ATTR_SERVICE", service.dump_key()),
+                                                         ("IPVS_CMD_ATTR_DEST", dest.dump_nla())])
+    assert nl.real_server_of(message) == RealServer("10.244.1.5", 8080, 3)
+
+
 @pytest.mark.parametrize("node, field", [
     (ProxyNode("n", ("192.168.56.11",), "10.244.0.0/33"), "cluster_cidr"),
     (ProxyNode("n", ("node-1",), "10.244.0.0/16"), "node_ips"),
