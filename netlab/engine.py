@@ -21,7 +21,7 @@ from . import state
 from .model import Lab, ModelError, load_lab, load_manifests, merge_objects, names, remove_objects
 from .external import ensure_external_services
 from .progress import Progress
-from .realize import ensure_netns, ensure_node, ensure_underlay, ensure_underlay_port, remove_netns
+from .realize import ensure_default_route, ensure_netns, ensure_node, ensure_underlay, ensure_underlay_port, remove_netns
 from .realize.namespace import HOST_NETNS_ENV, host_netns_id, netns_exists, pids_by_netns, process_alive
 from .store import StoreError, open_store
 from .store.subnets import find_lease, release_lease
@@ -128,6 +128,8 @@ def up(path: str, *, name: str | None = None, timeout: float = 120.0, progress: 
         ensure_underlay_port(lab.underlay_netns, ns, f"{node.underlay_ip}/{prefix}", ifname=names.NODE_UPLINK,
                              bridge=names.UNDERLAY_BRIDGE, mtu=lab.underlay.mtu,
                              port_name=names.underlay_port(node.name))
+        if lab.external:  # the external host is the node's router to "the outside", as on a real network
+            ensure_default_route(ns, str(lab.external.ip))
         progress.advance()
 
     _write_desired(store, lab)
