@@ -22,6 +22,12 @@ bench: bootstrap
 	$(PY) bench/cni.py
 	$(PY) bench/lab.py
 	$(PY) bench/throughput.py
+	$(PY) bench/proxy.py
+	$(PY) bench/datapath.py
+	$(PY) bench/netprog.py
+	$(PY) bench/dns.py
+	$(PY) bench/trace.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
