@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import json
 import os
 import sys
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `get pods -o name | head -1` ends quietly, as kubectl does
     command: list[str] = []
     if "--" in argv:  # everything after -- belongs to exec's command
         i = argv.index("--")
