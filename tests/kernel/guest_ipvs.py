@@ -171,6 +171,16 @@ def main() -> int:
     result["interference"] = {"partial_failed": broken.error is not None and not broken.full,
                               "next_full": repaired.full, "next_error": repaired.error,
                               "after": survey(CLIENT, "10.96.0.20", 80), "fourth": survey(CLIENT, "10.96.0.23", 80)}
+    # a partial sync that deletes: two Services go and pod-a leaves the last one using it,
+    # so their masquerade rules and pod-a's hairpin rule are deleted (-D), nothing flushed
+    shrunk = state(["pod-b"])
+    shrunk = ProxyState(shrunk.services, {**shrunk.endpoints, STICKY: shrunk.endpoints[WEB]})
+    sync = proxier.sync(shrunk, frozenset({EXTRA, fourth, STICKY}))
+    after_deletes = kube_rules()
+    full = proxier.sync(shrunk)
+    result["deleting_sync"] = {"error": sync.error or full.error, "full": sync.full,
+                               "hairpin_left": sum(f"{PODS['pod-a']}/32" in r for r in after_deletes),
+                               "full_changes": proxier.ipvs_changes, "same_rules": kube_rules() == after_deletes}
     proxier.cleanup()
     result["leftovers"] = leftovers()
     result["guest_seconds"] = round(time.monotonic() - t0, 1)

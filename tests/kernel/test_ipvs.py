@@ -88,6 +88,12 @@ def test_a_partial_sync_the_kernel_refuses_makes_the_next_one_full(guest):
     assert outcome["fourth"]["counts"] == {"pod-a": 6, "pod-b": 6}
 
 
+def test_partial_sync_deletes_only_rules_no_service_port_uses_any_more(guest):
+    result, run = guest
+    assert result["deleting_sync"] == {"error": None, "full": False, "hairpin_left": 0, "full_changes": 0,
+                                       "same_rules": True}, run.explain()
+
+
 def test_cleanup_leaves_nothing(guest):
     result, _ = guest
     assert result["leftovers"] == {"kube_ipvs0": False, "virtual_servers": [], "kube_rules": []}
