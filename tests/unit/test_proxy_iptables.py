@@ -375,6 +375,19 @@ def test_service_ports_left_out_of_changed_are_noticed_when_the_count_disagrees(
     assert not any("web-np" in line for line in lines_of(partial.text, "KUBE-SERVICES"))
 
 
+def test_cached_lines_follow_large_cluster_mode_when_it_flips():
+    eps = tuple(Endpoint(f"10.244.{i // 250}.{i % 250 + 2}", 80, "node-a") for i in range(1000))
+    cache = RenderCache()
+    small = ProxyState({WEB: ServicePort(WEB, "TCP", "10.96.0.20", 80)}, {WEB: eps})
+    first = render(small, NODE, cache=cache)
+    sep = n.endpoint_chain(WEB, "tcp", eps[0])
+    assert all("-m comment" in line for line in lines_of(first.text, sep))     # 1000 endpoints: not yet large
+    grown = _with_api(small, Endpoint("10.244.9.9", 8443, "node-a"))
+    render(grown, NODE, changed=frozenset({API}), existing_chains=first.active_chains, cache=cache)
+    assert render(grown, NODE, cache=cache).text == render(grown, NODE).text   # 1001: every SEP line uncommented
+    assert lines_of(render(grown, NODE, cache=cache).text, sep)[0] == f"-A {sep} -s 10.244.0.2 -j KUBE-MARK-MASQ"
+
+
 def test_cache_for_another_node_starts_over():
     cache = RenderCache()
     render(_local_state(external_policy_local=True), NODE, cache=cache)
