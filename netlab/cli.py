@@ -24,6 +24,7 @@ from . import engine, state, views
 from .engine import LabError
 from .cluster import cli as cluster_cli
 from .debug import cli as debug_cli
+from .exercises import cli as exercise_cli
 from .model import ModelError, manifest_warnings
 from .progress import Progress
 from .store import StoreError
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_status)
 
     # command groups that live in their own modules, each registering its subcommands
-    for group in (debug_cli, cluster_cli):
+    for group in (debug_cli, cluster_cli, exercise_cli):
         group.register(sub, lab_opt)
     return p
 

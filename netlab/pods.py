@@ -250,9 +250,10 @@ class PodRuntime:
         procs = [*self.pause.values(), *(p for ps in self.containers.values() for p in ps)]
         return any(not p.settled and not p.alive() for p in procs)
 
-    def supervise(self, pod: Pod) -> bool:
+    def supervise(self, pod: Pod, hold_restarts: bool = False) -> bool:
         """Restart exited containers per restartPolicy, after a backoff that doubles with each
-        restart (CrashLoopBackOff); True when something changed."""
+        restart (CrashLoopBackOff); True when something changed. hold_restarts: a course
+        exercise stopped this pod on purpose; its containers wait (CrashLoopBackOff) until released."""
         changed = False
         pause = self.pause.get(pod.key)
         now = self.clock()
@@ -263,7 +264,7 @@ class PodRuntime:
             if p.exit_code is not None:
                 continue
             if p.restart_at is not None:
-                if now >= p.restart_at and pause and pause.alive():
+                if now >= p.restart_at and pause and pause.alive() and not hold_restarts:
                     container = next(c for c in pod.containers if c.name == p.name)
                     self.containers[pod.key][i] = self._restart_container(pod, container, pause.pid, p.restarts + 1)
                     changed = True
@@ -279,9 +280,10 @@ class PodRuntime:
             changed = True
         return changed
 
-    def next_restart(self) -> float | None:
-        """Wall-clock time of the next container restart due, if any."""
-        due = [p.restart_at for ps in self.containers.values() for p in ps if p.restart_at is not None]
+    def next_restart(self, held: frozenset[str] = frozenset()) -> float | None:
+        """Wall-clock time of the next container restart due, if any (pods in held: none)."""
+        due = [p.restart_at for key, ps in self.containers.items() if key not in held
+               for p in ps if p.restart_at is not None]
         return min(due) if due else None
 
     def status(self, pod: Pod) -> PodStatus:

@@ -39,6 +39,24 @@ LOCKS = "/netlab/locks/"                     # short TTL'd keys taken with creat
 HEARTBEATS = "/netlab/heartbeats/"           # each agent, its node: <node> -> NodeHeartbeat, TTL'd (the kubelet's Lease)
 HEARTBEAT_SECONDS = 10.0                     # the kubelet renews its Lease every 10 s ...
 HEARTBEAT_TTL = 40.0                         # ... and it lasts 40 s (node-monitor-grace-period)
+EXERCISE_KEY = "/netlab/exercise"            # exercise start: the course exercise running on the lab (ExerciseRecord)
+PAUSED_REPAIRS_KEY = "/netlab/paused-repairs"  # exercise start/reset: repairs the agents skip ({"tokens": [...]})
+
+# What an exercise may pause: a token is "<repair>/<target>", the target a node name, or
+# "<ns>/<pod>" for pods.restart; "*" as the target pauses that repair everywhere.
+REPAIRS = {
+    "overlay.device": "flannel.1 re-created or re-addressed when its settings differ (agent/overlay.py)",
+    "overlay.fdb": "the peers' FDB entries on flannel.1",
+    "overlay.neigh": "the peers' neighbour (VTEP MAC) entries on flannel.1",
+    "overlay.route": "the routes to the peers' pod subnets",
+    "overlay.masquerade": "flannel's FLANNEL-POSTRTG / FLANNEL-FWD rules",
+    "node.sysctl": "the node's sysctls (net.ipv4.ip_forward)",
+    "proxy": "kube-proxy's rule syncs (periodic and on changes), conntrack cleanup included",
+    "proxy.conntrack": "kube-proxy's flush of stale UDP conntrack entries only",
+    "pods.restart": "a pod's container restarts (restartPolicy)",
+}
+# the overlay's peer pieces are converged together (realize.overlay.sync_peers): pausing one pauses the peer sync
+OVERLAY_PEER_REPAIRS = frozenset({"overlay.fdb", "overlay.neigh", "overlay.route"})
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -63,6 +81,34 @@ def node_status_key(node: str) -> str:
 
 def event_key(namespace: str, name: str) -> str:
     return f"{EVENTS}{namespace}/{name}"
+
+
+def pause_token(repair: str, target: str) -> str:
+    """The token that pauses one repair of one target, e.g. ("overlay.fdb", "node-a")."""
+    if repair not in REPAIRS:
+        raise ValueError(f"paused repair {repair!r} is not one of {', '.join(sorted(REPAIRS))}")
+    if not target:
+        raise ValueError(f"paused repair {repair!r}: the target (a node, ns/pod, or *) is empty")
+    return f"{repair}/{target}"
+
+
+def split_pause_token(token: str) -> tuple[str, str]:
+    """(repair, target) of a token; ValueError naming the token when it is malformed."""
+    repair, sep, target = token.partition("/")
+    if not sep:
+        raise ValueError(f"paused repair {token!r}: write it as REPAIR/TARGET, e.g. overlay.fdb/node-a")
+    pause_token(repair, target)
+    return repair, target
+
+
+def repair_paused(tokens, repair: str, target: str) -> bool:
+    """Whether tokens pause `repair` of `target` (exactly that target, or "*")."""
+    return f"{repair}/{target}" in tokens or f"{repair}/*" in tokens
+
+
+def paused_for(tokens, target: str) -> frozenset[str]:
+    """The repairs tokens pause for one target (a node name, or ns/pod)."""
+    return frozenset(r for r in REPAIRS if repair_paused(tokens, r, target))
 
 
 @dataclass(frozen=True)
@@ -359,6 +405,29 @@ class EventRecord:
                    source.get("component", ""), source.get("host", ""), first, last, int(d.get("count") or 1))
 
 
+@dataclass(frozen=True)
+class ExerciseRecord:
+    """The course exercise running on a lab: what `exercise start` chose and what the
+    student has seen so far (check and hint read it back; reset deletes it)."""
+
+    name: str
+    seed: int
+    params: dict                           # what choose() picked: which node, pod, peer...
+    pauses: tuple[str, ...] = ()           # the repair tokens paused while it runs
+    hints_shown: int = 0
+    started_at: float = 0.0                # wall clock
+    baseline: dict | None = None           # the healthy lab's counts before the fault (collateral checks)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "seed": self.seed, "params": self.params, "pauses": list(self.pauses),
+                "hintsShown": self.hints_shown, "startedAt": self.started_at, "baseline": self.baseline}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExerciseRecord":
+        return cls(d["name"], int(d.get("seed", 0)), dict(d.get("params") or {}), tuple(d.get("pauses") or ()),
+                   int(d.get("hintsShown", 0)), float(d.get("startedAt", 0.0)), d.get("baseline"))
+
+
 def _parse_slice(d, _key):
     from .model.endpoints import EndpointSlice
     return EndpointSlice.from_dict(d)
@@ -371,7 +440,8 @@ def _parse_object(d, key):
 
 # the typed record behind each key prefix (longest prefixes first: POD_STATUS is not under PODS, but be safe)
 _PARSERS = ((POD_STATUS, lambda d, _k: PodStatus.from_dict(d)), (NODE_STATUS, lambda d, _k: NodeStatus.from_dict(d)),
-            (ENDPOINT_SLICES, _parse_slice), (PODS, _parse_object), (SERVICES, _parse_object))
+            (ENDPOINT_SLICES, _parse_slice), (PODS, _parse_object), (SERVICES, _parse_object),
+            (PAUSED_REPAIRS_KEY, lambda d, _k: frozenset(d.get("tokens") or ())))
 
 
 def event_records(event) -> tuple[object | None, object | None]:
@@ -515,6 +585,32 @@ class LabState:
         for e in self.store.watch(prefix, start, stop=stop, timeout=timeout):
             if e.kv.value:
                 yield EventRecord.from_dict(json.loads(e.kv.value))
+
+    # course exercises: the one running, and the repairs the agents skip meanwhile
+    def exercise(self) -> ExerciseRecord | None:
+        doc = self.store.get_json(EXERCISE_KEY)
+        return None if doc is None else ExerciseRecord.from_dict(doc)
+
+    def put_exercise(self, rec: ExerciseRecord) -> bool:
+        return self._put(EXERCISE_KEY, rec.to_dict())
+
+    def delete_exercise(self) -> None:
+        self.store.delete(EXERCISE_KEY)
+
+    def paused_repairs(self) -> frozenset[str]:
+        """Tokens "<repair>/<target>" (REPAIRS); empty when nothing is paused (the usual case: one get)."""
+        kv = self.store.get(PAUSED_REPAIRS_KEY)
+        return frozenset() if kv is None else self._parse(kv, lambda d, _k: frozenset(d.get("tokens") or ()))
+
+    def put_paused_repairs(self, tokens) -> None:
+        """Pause exactly these repairs (each token checked); none: the key goes, everything repairs again."""
+        tokens = sorted(set(tokens))
+        for t in tokens:
+            split_pause_token(t)
+        if tokens:
+            self._put(PAUSED_REPAIRS_KEY, {"tokens": tokens})
+        else:
+            self.store.delete(PAUSED_REPAIRS_KEY)
 
     # a cluster across machines: its settings, written once by control up
     def cluster_doc(self) -> dict | None:

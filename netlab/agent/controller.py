@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Iterable
 
+from ..state import PAUSED_REPAIRS_KEY, event_records, paused_for
 from ..store.base import CompactedError, Event
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ class Controller:
     min_interval: float = 0.05      # and no more often than this (burst of 2)
     retry_seconds: float = 1.0      # after a failed sync, a full one this much later
     component: str = "netlab-agent" # the source.component of its events (kubelet, kube-proxy, flanneld...)
+    repairs: tuple[str, ...] = ()   # what of its work a course exercise may pause (state.REPAIRS); such a
+                                    # controller also lists state.PAUSED_REPAIRS_KEY in its prefixes
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
@@ -40,6 +43,7 @@ class Controller:
         # what the agent gives every controller (fixed for the agent's life)
         self.lab, self.node, self.netns = agent.lab, agent.node, agent.netns
         self.paths, self.store, self.state, self.clock = agent.paths, agent.store, agent.state, agent.clock
+        self._paused_before: frozenset[str] = frozenset()
 
     # what a controller does
     def setup(self) -> None:
@@ -66,6 +70,27 @@ class Controller:
 
     def node_event(self, reason: str, message: str, type_: str = "Normal") -> None:
         self.record_event("Node", None, self.node.name, reason, message, type_)
+
+    # course exercises: nothing silently repairs an injected fault while the exercise runs
+    def paused(self, target: str | None = None) -> frozenset[str]:
+        """This controller's repairs paused for target (default: this node); one store get."""
+        if not self.repairs:
+            return frozenset()
+        return paused_for(self.state.paused_repairs(), target or self.node.name) & frozenset(self.repairs)
+
+    def resumed(self, paused_now: frozenset[str]) -> bool:
+        """True once after a repair of this controller's was un-paused: that sync should be full."""
+        lifted = bool(self._paused_before - paused_now)
+        self._paused_before = paused_now
+        return lifted
+
+    def pause_changed(self, event: Event) -> bool:
+        """Whether an event on the paused-repairs key pauses or resumes one of this controller's repairs."""
+        if event.key != PAUSED_REPAIRS_KEY:
+            return False
+        new, old = (frozenset(t for t in (r or ()) if t.split("/", 1)[0] in self.repairs)
+                    for r in event_records(event))
+        return new != old
 
     def request(self, full: bool = False) -> None:
         if self.runner is not None:

@@ -9,7 +9,11 @@
     when that lease goes. sync_peers reads the kernel's tables each time, so a hand-deleted
     FDB entry or route is repaired by the next sync.
 
-Watches /coreos.com/network/ (every lease change).
+Watches /coreos.com/network/ (every lease change), and the paused repairs: while a course
+exercise pauses one of this node's (state.REPAIRS: overlay.device, overlay.masquerade,
+node.sysctl, and overlay.fdb/neigh/route, which pause the peer sync as a whole since one call
+converges the three tables), that repair is skipped and the rest still runs; the first sync
+after it is resumed is full.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from ipaddress import IPv4Address
 
 from .. import state
 from ..realize import ensure_masquerade, ensure_node, ensure_vxlan, new_vtep_mac, sync_peers
+from ..realize.node import NODE_SYSCTLS
+from ..realize.namespace import set_sysctl
 from ..realize.overlay import Peer
 from ..store.subnets import (
     DEFAULT_PREFIX, DEFAULT_TTL, Lease, LeaseLost, NetworkConfig, SubnetError, acquire_lease, find_lease, lease_key,
@@ -82,9 +88,10 @@ class LeaseKeeper:
 
 class OverlayController(Controller):
     name = "overlay"
-    prefixes = (DEFAULT_PREFIX + "/",)
+    prefixes = (DEFAULT_PREFIX + "/", state.PAUSED_REPAIRS_KEY)
     condition = "NetworkUnavailable"
     component = "flanneld"
+    repairs = ("overlay.device", "overlay.masquerade", "node.sysctl", *sorted(state.OVERLAY_PEER_REPAIRS))
 
     def __init__(self, agent, *, lease_ttl: float | None = DEFAULT_TTL):
         super().__init__(agent)
@@ -104,7 +111,7 @@ class OverlayController(Controller):
                                   config=cfg, prefer=str(prefer), ttl=self.lease_ttl, clock=self.clock)
         self.agent.lease = self.keeper.acquire()
         self.node_event("LeaseAcquired", self._lease_text(self.agent.lease))
-        self._ensure_local()
+        self._ensure_local(self.paused())
         log.info("node %s: subnet %s, VTEP %s on %s", node.name, self.agent.lease.subnet, self.vtep_mac,
                  node.underlay_ip)
 
@@ -129,15 +136,22 @@ class OverlayController(Controller):
         state.write_file(path, mac + "\n")
         return mac
 
-    def _ensure_local(self) -> None:
-        """subnet.env, flannel.1 and the masquerade rules: converge (no-ops when all is in place)."""
+    def _ensure_local(self, paused: frozenset[str] = frozenset()) -> None:
+        """subnet.env, flannel.1, the masquerade rules and the node's sysctls: converge (no-ops
+        when all is in place), except the repairs an exercise paused."""
         lab, node, subnet = self.lab, self.node, str(self.agent.lease.subnet)
         state.write_file(self.paths.subnet_env(node.name),
                          render_subnet_env(lab.pod_cidr, subnet, lab.overlay_mtu, ipmasq=True))
-        ensure_vxlan(self.netns, subnet, vtep_mac=self.vtep_mac, local_ip=str(node.underlay_ip),
-                     vni=lab.vxlan.vni, port=lab.vxlan.port, mtu=lab.overlay_mtu,
-                     underlay_dev=getattr(self.agent, "underlay_dev", "eth0"))
-        ensure_masquerade(self.netns, str(lab.pod_cidr), subnet)
+        if "overlay.device" not in paused:
+            ensure_vxlan(self.netns, subnet, vtep_mac=self.vtep_mac, local_ip=str(node.underlay_ip),
+                         vni=lab.vxlan.vni, port=lab.vxlan.port, mtu=lab.overlay_mtu,
+                         underlay_dev=getattr(self.agent, "underlay_dev", "eth0"))
+        if "overlay.masquerade" not in paused:
+            ensure_masquerade(self.netns, str(lab.pod_cidr), subnet)
+        if "node.sysctl" not in paused:
+            for key, value in NODE_SYSCTLS.items():  # ip_forward switched off by hand comes back
+                if set_sysctl(self.netns, key, value):
+                    self.node_event("SysctlRepaired", f"{key} set to {value} again")
 
     def sync(self, full: bool) -> None:
         before = self.agent.lease
@@ -149,8 +163,17 @@ class OverlayController(Controller):
         if lease.expiration != before.expiration:
             self.node_event("LeaseRenewed", self._lease_text(lease))
         self.agent.lease = lease
-        if full:
-            self._ensure_local()
+        paused = self.paused()
+        if self.resumed(paused) or full:
+            self._ensure_local(paused)
+        if not paused & state.OVERLAY_PEER_REPAIRS:  # else an exercise broke a peer entry: they stay as they are
+            self._sync_peers()
+        renew_at = self.keeper.renew_at()
+        if renew_at is not None and self.runner is not None:
+            self.runner.retry_after(renew_at - self.clock())
+        self.agent.report_node()  # peers and lease expiration (a no-op write is skipped)
+
+    def _sync_peers(self) -> None:
         peers = [Peer(subnet=str(l.subnet), mac=l.backend_data["VtepMAC"], underlay_ip=str(l.public_ip))
                  for l in list_leases(self.store)
                  if l.public_ip != self.node.underlay_ip and l.backend_type == "vxlan"
@@ -167,7 +190,3 @@ class OverlayController(Controller):
                 self.node_event("PeerRemoved", f"{subnet}: its lease is gone; route, neighbour and FDB entry "
                                                f"removed from {self.lab.vxlan.device}")
         self.agent.peers = sorted(p.subnet for p in peers)
-        renew_at = self.keeper.renew_at()
-        if renew_at is not None and self.runner is not None:
-            self.runner.retry_after(renew_at - self.clock())
-        self.agent.report_node()  # peers and lease expiration (a no-op write is skipped)

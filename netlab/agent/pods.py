@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from ..pods import POD_CREATE_BACKOFF, Backoff, PodRuntime, cni_conf
-from ..state import PODS, PodStatus, event_records
+from ..state import PAUSED_REPAIRS_KEY, PODS, PodStatus, event_records, repair_paused
 from .controller import Controller
 
 log = logging.getLogger("netlab.agent")
@@ -34,9 +34,10 @@ class CreateFailure:
 
 class PodsController(Controller):
     name = "pods"
-    prefixes = (PODS,)
+    prefixes = (PODS, PAUSED_REPAIRS_KEY)
     condition = "PodsFailing"
     component = "kubelet"
+    repairs = ("pods.restart",)   # per pod: "pods.restart/<ns>/<pod>" holds its container restarts
 
     def __init__(self, agent, *, runtime: PodRuntime | None = None, create_backoff: Backoff = POD_CREATE_BACKOFF,
                  restart_backoff: Backoff | None = None):
@@ -58,7 +59,9 @@ class PodsController(Controller):
                                       clock=self.clock, **kw)
 
     def wants(self, event) -> bool:
-        """A pod that is, or was, scheduled to this node."""
+        """A pod that is, or was, scheduled to this node; a pod's restarts held or released."""
+        if event.key == PAUSED_REPAIRS_KEY:
+            return self.pause_changed(event)
         return any(p is not None and p.node_name == self.node.name for p in event_records(event))
 
     def poll(self) -> bool:
@@ -68,6 +71,8 @@ class PodsController(Controller):
         node = self.node.name
         desired = {k: p for k, p in self.state.pods().items() if p.node_name == node}
         statuses = {k: s for k, s in self.state.pod_statuses().items() if s.node == node}
+        tokens = self.state.paused_repairs()
+        held = frozenset(k for k in desired if repair_paused(tokens, "pods.restart", k))
         for key in sorted((set(self.running) | set(statuses) | set(self.failures)) - set(desired)):
             self._delete(key)
         for key, pod in desired.items():
@@ -75,12 +80,14 @@ class PodsController(Controller):
                 self._delete(key, keep_status=True)
             if key not in self.running:
                 self._start(pod, statuses.get(key))
+            elif key in held:  # a course exercise stopped it: no restart until released
+                self.runtime.supervise(pod, hold_restarts=True)
             else:
                 self.runtime.supervise(pod)
             if key in self.running:
                 self._report(pod)
         self.runtime.reap()
-        for at in (self.runtime.next_restart(), *(f.retry_at for f in self.failures.values())):
+        for at in (self.runtime.next_restart(held) if held else self.runtime.next_restart(), *(f.retry_at for f in self.failures.values())):
             if at is not None and self.runner is not None:
                 self.runner.retry_after(at - self.clock())
 

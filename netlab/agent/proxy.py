@@ -5,13 +5,15 @@ layout, or ipvs) and syncs it when a Service or an EndpointSlice changes, rate l
 with a burst like kube-proxy's minSyncPeriod, and fully every syncPeriod to repair
 outside interference (a flushed chain, a deleted element). On start it removes every
 rule of the other modes: `kube-netlab up` with a changed proxyMode restarts the agents.
+While a course exercise pauses "proxy/<node>" no sync runs (the broken rule stays); with
+"proxy.conntrack/<node>" rules sync but stale UDP conntrack entries are left. A resume syncs fully.
 """
 from __future__ import annotations
 
 from proxy.nodeproxy import NodeProxy
 from proxy.types import DEFAULT_SYNC_PERIOD, ProxyNode
 
-from ..state import ENDPOINT_SLICES, SERVICES
+from ..state import ENDPOINT_SLICES, PAUSED_REPAIRS_KEY, SERVICES
 from .controller import Controller
 
 MIN_SYNC_SECONDS = 0.1   # kube-proxy's minSyncPeriod is 1 s; a lab is small and should answer at once
@@ -25,7 +27,8 @@ def proxy_node(lab, node) -> ProxyNode:
 
 class ProxyController(Controller):
     name = "proxy"
-    prefixes = (SERVICES, ENDPOINT_SLICES)
+    prefixes = (SERVICES, ENDPOINT_SLICES, PAUSED_REPAIRS_KEY)
+    repairs = ("proxy", "proxy.conntrack")
     condition = "ProxyFailing"
     resync_seconds = DEFAULT_SYNC_PERIOD
     min_interval = MIN_SYNC_SECONDS
@@ -38,7 +41,12 @@ class ProxyController(Controller):
         self.agent.proxy_mode = self.lab.proxy_mode
 
     def sync(self, full: bool) -> None:
-        result = self.proxy.sync(self.state.services().values(), self.state.endpoint_slices(), full=full)
+        paused = self.paused()
+        full = self.resumed(paused) or full
+        if "proxy" in paused:
+            return
+        result = self.proxy.sync(self.state.services().values(), self.state.endpoint_slices(), full=full,
+                                 clear_conntrack="proxy.conntrack" not in paused)
         if result is self.proxy.last:   # rules were written (a sync with nothing changed writes none)
             self.node_event("RulesSynced", f"{self.proxy.mode} {'full' if result.full else 'partial'} sync: "
                                            f"{len(self.proxy.synced.services)} service ports, {result.size} "
