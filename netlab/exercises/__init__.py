@@ -50,4 +50,4 @@ from __future__ import annotations
 
 def load() -> None:
     """Import every exercise module (each registers its exercises)."""
-    from . import overlay, pod  # noqa: F401
+    from . import dns, overlay, pod, service, vtep  # noqa: F401

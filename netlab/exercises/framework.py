@@ -10,6 +10,7 @@ any machine that reaches the store can check, hint, reset.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -179,6 +180,11 @@ class Context:
         argv = ["ping", "-n", "-q", "-c", str(count), "-W", "1", *(["-s", str(size)] if size else []), ip]
         return self.run(netns, *argv).returncode == 0
 
+    def link_mtu(self, netns: str, dev: str = "eth0") -> str:
+        """The MTU of a link in the namespace, by netlink (/sys shows the mounter's namespace, not ours)."""
+        m = re.search(r" mtu (\d+)", self.run(netns, "ip", "-o", "link", "show", "dev", dev).stdout)
+        return m.group(1) if m else "none"
+
     def tcp_connects(self, netns: str, ip: str, port: int) -> bool:
         return self.run(netns, "timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port}").returncode == 0
 
@@ -215,11 +221,7 @@ def node_shape(ctx: Context, node: str) -> dict:
 
 
 def pod_mtus(ctx: Context) -> dict[str, str]:
-    mtus = {}
-    for p in ctx.pods():
-        text = ctx.run(p.netns, "cat", "/sys/class/net/eth0/mtu").stdout.strip()
-        mtus[p.key] = text
-    return mtus
+    return {p.key: ctx.link_mtu(p.netns) for p in ctx.pods()}
 
 
 def baseline(ctx: Context) -> dict:

@@ -42,7 +42,7 @@ class PodMtu(Exercise):
 
     def checks(self, ctx, params):
         pod = ctx.pod(params["pod"])
-        mtu = ctx.run(pod.netns, "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+        mtu = ctx.link_mtu(pod.netns)
         remote = next(p for p in ctx.pods() if p.node != pod.node)
         size = params["wrong_mtu"] - 28   # a full-size packet: 20 bytes IPv4 + 8 ICMP header
         there = ctx.ping(pod.netns, remote.ip, size=size)
