@@ -2,7 +2,8 @@
 fails after start (past an agent resync: the paused repair does not undo the fault), passes
 after `sh` runs the commands of `solution`, and reset leaves a healthy lab; a fix that
 breaks something else does not pass; a paused repair stays broken while unpaused ones
-(another repair of the same node, the same repair of another node) are repaired."""
+(another repair of the same node, the same repair of another node) are repaired: the
+overlay's, a pod's restarts, kube-proxy's resync."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ import pytest
 from labrun import Lab, kn, lab_leftovers, on_node
 from netlab import state
 from netlab.agent.controller import Controller
+from netlab.pods import CONTAINER_RESTART_BACKOFF
+from proxy.types import DEFAULT_SYNC_PERIOD
 from netlab.store import open_store
 
 RESYNC = Controller.resync_seconds            # the agents' full-sync period
@@ -32,6 +35,17 @@ def lab():
         kn("exercise", "reset", "--lab", lab.name, check=False)
         lab.down()
     assert lab_leftovers(lab.name) == []
+
+
+@pytest.fixture
+def labstate(lab):
+    """The lab's records; whatever a test paused is resumed afterwards."""
+    store = open_store(state.LabPaths(lab.name).store)
+    try:
+        yield state.LabState(store)
+    finally:
+        state.LabState(store).put_paused_repairs(())
+        store.close()
 
 
 def check(lab) -> tuple[int, dict]:
@@ -83,15 +97,11 @@ def test_an_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(la
     assert gone.returncode == 1 and "no exercise is running" in gone.stderr
 
 
-def test_reset_alone_restores_a_broken_lab(lab):
+def test_reset_alone_restores_a_broken_lab(lab, labstate):
     kn("exercise", "start", "route-missing", "--seed", "5", "--lab", lab.name)
     assert check(lab)[0] == 1
     kn("exercise", "reset", "--lab", lab.name)   # exit 0: healthy again (the agents repaired it once resumed)
-    store = open_store(state.LabPaths(lab.name).store)
-    try:
-        assert state.LabState(store).paused_repairs() == frozenset() and state.LabState(store).exercise() is None
-    finally:
-        store.close()
+    assert labstate.paused_repairs() == frozenset() and labstate.exercise() is None
 
 
 def test_a_fix_that_breaks_something_else_does_not_pass(lab):
@@ -136,21 +146,56 @@ def _delete_fdb(lab, node):
     on_node(lab.name, node, "bridge", "fdb", "del", entry[0], "dev", "flannel.1", "dst", entry[entry.index("dst") + 1])
 
 
-def test_a_paused_repair_stays_broken_while_unpaused_ones_are_repaired(lab):
-    store = open_store(state.LabPaths(lab.name).store)
-    labstate = state.LabState(store)
-    try:
-        labstate.put_paused_repairs([state.pause_token("overlay.fdb", "node-a")])
-        time.sleep(0.5)
-        _delete_fdb(lab, "node-a")                                     # paused
-        _delete_fdb(lab, "node-b")                                     # the same repair, another node
-        on_node(lab.name, "node-a", "sysctl", "-qw", "net.ipv4.ip_forward=0")  # another repair, the same node
-        wait_for("node-b's FDB entry is back", lambda: _fdb_entries(lab, "node-b") == 1)
-        wait_for("node-a's ip_forward is 1 again", lambda: _ip_forward(lab, "node-a") == "1")
-        time.sleep(RESYNC + 1)
-        assert _fdb_entries(lab, "node-a") == 0                        # past a full resync: still broken
-        labstate.put_paused_repairs(())
-        wait_for("node-a's FDB entry is back once resumed", lambda: _fdb_entries(lab, "node-a") == 1)
-    finally:
-        labstate.put_paused_repairs(())
-        store.close()
+def test_a_paused_repair_stays_broken_while_unpaused_ones_are_repaired(lab, labstate):
+    labstate.put_paused_repairs([state.pause_token("overlay.fdb", "node-a")])
+    time.sleep(0.5)
+    _delete_fdb(lab, "node-a")                                     # paused
+    _delete_fdb(lab, "node-b")                                     # the same repair, another node
+    on_node(lab.name, "node-a", "sysctl", "-qw", "net.ipv4.ip_forward=0")  # another repair, the same node
+    wait_for("node-b's FDB entry is back", lambda: _fdb_entries(lab, "node-b") == 1)
+    wait_for("node-a's ip_forward is 1 again", lambda: _ip_forward(lab, "node-a") == "1")
+    time.sleep(RESYNC + 1)
+    assert _fdb_entries(lab, "node-a") == 0                        # past a full resync: still broken
+    labstate.put_paused_repairs(())
+    wait_for("node-a's FDB entry is back once resumed", lambda: _fdb_entries(lab, "node-a") == 1)
+
+
+def _echo_containers(labstate) -> dict[str, state.ContainerStatus]:
+    return {k: st.containers[0] for k, st in sorted(labstate.pod_statuses().items())
+            if k.startswith("default/echo-") and st.containers}
+
+
+def test_a_held_pod_is_not_restarted_while_another_is_and_resumes_after(lab, labstate):
+    held, free = list(_echo_containers(labstate))[:2]
+    labstate.put_paused_repairs([state.pause_token("pods.restart", held)])
+    time.sleep(0.5)
+    before = _echo_containers(labstate)
+    for key in (held, free):
+        os.kill(before[key].pid, 9)
+    wait_for(f"{free} restarted", lambda: (c := _echo_containers(labstate)[free]).running
+             and c.restart_count == before[free].restart_count + 1)
+    time.sleep(3 * CONTAINER_RESTART_BACKOFF.initial)   # past the restart backoff the free one got
+    c = _echo_containers(labstate)[held]
+    assert (c.running, c.reason, c.restart_count) == (False, "CrashLoopBackOff", before[held].restart_count)
+    labstate.put_paused_repairs(())
+    wait_for(f"{held} restarted once released", lambda: _echo_containers(labstate)[held].running)
+
+
+def _service_rules(lab, node) -> int:
+    out = on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
+    return sum(1 for line in out.splitlines() if line.startswith("-A KUBE-SERVICES "))
+
+
+def test_a_paused_proxy_keeps_a_flushed_chain_until_resumed_while_another_node_resyncs(lab, labstate):
+    want = _service_rules(lab, "node-a")
+    assert want > 0 and _service_rules(lab, "node-b") == want
+    labstate.put_paused_repairs([state.pause_token("proxy", "node-a")])
+    time.sleep(0.5)
+    for node in ("node-a", "node-b"):
+        on_node(lab.name, node, "iptables", "-t", "nat", "-F", "KUBE-SERVICES")
+    wait_for("node-b's KUBE-SERVICES rewritten by its periodic full sync",
+             lambda: _service_rules(lab, "node-b") == want, timeout=2 * DEFAULT_SYNC_PERIOD)
+    assert _service_rules(lab, "node-a") == 0
+    labstate.put_paused_repairs(())           # the resume itself syncs fully
+    wait_for("node-a's KUBE-SERVICES rewritten once resumed", lambda: _service_rules(lab, "node-a") == want,
+             timeout=RESYNC)
