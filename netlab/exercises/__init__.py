@@ -38,9 +38,10 @@ How to add an exercise
    Hints and the instructor's explanation are str.format()ed with params ({node}, {pod}, ...).
    `lab_file` names the topology under topologies/ (two-node.yaml by default).
 2. Import the module in `load()` below, add docs/exercises/<name>.md and a line in
-   docs/exercises/README.md, and a test in tests/integration/test_exercises.py: check fails
-   after start, passes after `sh` runs the solution, reset leaves a healthy lab
-   (`exercise_cycle()` there does all three).
+   docs/exercises/README.md, and an integration test: check fails after start, passes after
+   `sh` runs the solution, reset leaves a healthy lab. `exercise_cycle(lab, name, seed)` in
+   tests/integration/test_exercises.py does all three (`from test_exercises import
+   exercise_cycle, lab` in another module there; the unit tests' module has another name).
 
 The framework checks every exercise's own checks pass on the healthy lab before it injects
 anything (a check that cannot pass is a bug, and start says so).

@@ -72,9 +72,10 @@ def wait_for(what, predicate, timeout=4 * RESYNC):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("name, seed", [("fdb-missing", 1), ("route-missing", 2), ("ip-forward-off", 3),
-                                        ("pod-mtu", 4)])
-def test_an_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(lab, name, seed):
+def exercise_cycle(lab, name: str, seed: int) -> None:
+    """What every exercise must do (other exercise test modules import this): its checker fails
+    after start, past a full resync of every agent; hints come one more at a time; the commands
+    of its solution, run by sh, make every check pass; reset leaves a healthy lab."""
     started = kn("exercise", "start", name, "--seed", str(seed), "--lab", lab.name)
     assert f"exercise {name} started on lab {lab.name} (seed {seed})" in started.stdout
     time.sleep(RESYNC + 1)   # past a full resync of every agent: nothing repaired the fault
@@ -95,6 +96,12 @@ def test_an_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(la
     assert "healthy" in reset.stdout
     gone = kn("exercise", "check", "--lab", lab.name, check=False)
     assert gone.returncode == 1 and "no exercise is running" in gone.stderr
+
+
+@pytest.mark.parametrize("name, seed", [("fdb-missing", 1), ("route-missing", 2), ("ip-forward-off", 3),
+                                        ("pod-mtu", 4)])
+def test_an_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(lab, name, seed):
+    exercise_cycle(lab, name, seed)
 
 
 def test_reset_alone_restores_a_broken_lab(lab, labstate):
