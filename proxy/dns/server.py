@@ -129,7 +129,7 @@ class Worker:
         while not self.stop.is_set():
             for key, _ in sel.select(0.25):
                 if key.data == "client":
-                    self._drain_clients(udp, pending)
+                    self.answer_queued(pending)
                 else:
                     self._drain_upstream(pending)
             if pending:
@@ -145,11 +145,11 @@ class Worker:
         except OSError:
             pass   # an unreachable or closed client is its problem, not the loop's
 
-    def _drain_clients(self, udp, pending) -> None:
+    def answer_queued(self, pending: dict) -> None:
         """What is queued, a batch (one recvmmsg, one sendmmsg) at a time, up to UDP_ROUNDS batches a
         wake-up. The fast path is inlined (AnswerTable.answer's logic): at 100k queries/s every
         attribute lookup and call shows."""
-        batch = self.batch
+        udp, batch = self.udp, self.batch
         table = self.table
         plain, edns = table.plain, table.edns
         datagram, reply = batch.datagram, batch.reply

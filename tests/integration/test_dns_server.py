@@ -259,3 +259,136 @@ def test_hostile_packets_never_stop_answers_for_others(cluster_dns):
     finally:
         for s in (attacker, client, zero, garbage):
             s.close()
+
+
+# --- the batched UDP loop, driven in-process: queries are queued first, then one wake-up answers them ---
+
+WEB = "web.default.svc.cluster.local"
+
+
+def edns_query(qid: int, name: str) -> bytes:
+    q = bytearray(query(qid, name))
+    q[11] = 1                                             # ARCOUNT 1: a bare OPT follows
+    return bytes(q) + b"\x00\x00\x29\x04\xd0" + b"\x00" * 6
+
+
+def udp_from_port_zero(payload: bytes, port: int) -> bytes:
+    """A UDP datagram with source port 0: received fine, but no reply can be sent to it (EINVAL)."""
+    return struct.pack("!HHHH", 0, port, 8 + len(payload), 0) + payload
+
+
+@pytest.fixture(params=["recvmmsg", "recvfrom"])
+def batch_worker(request, namespaces):
+    """(worker bound to 127.0.0.1 in a fresh namespace, client socket there): the worker's zone has
+    WEB's A record precomputed; 'recvfrom' swaps in the fallback for a libc without recvmmsg."""
+    from proxy.dns.batch import PlainBatch, UdpBatch
+    from proxy.dns.server import MAX_UDP_QUERY, MAX_UDP_REPLY, UDP_BATCH, Worker
+    from proxy.dns.zone import static_zone
+
+    ns = namespaces.new("dnsb")
+    with netns.entered(ns):
+        worker = Worker(("127.0.0.1", 5353), None)
+        worker.set_zone(static_zone({WEB: "10.96.120.15", "db.default.svc.cluster.local": "10.96.7.7"}))
+        worker.bind()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    kind = UdpBatch if request.param == "recvmmsg" else PlainBatch
+    worker.batch = kind(worker.udp, UDP_BATCH, MAX_UDP_QUERY, MAX_UDP_REPLY)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(2)
+    try:
+        yield worker, client, raw
+    finally:
+        for s in (worker.udp, worker.tcp, worker.fwd, client, raw):
+            s.close()
+
+
+def replies(client: socket.socket, count: int) -> dict[int, bytes]:
+    out = {}
+    for _ in range(count):
+        reply = client.recv(4096)
+        out[struct.unpack("!H", reply[:2])[0]] = reply
+    client.settimeout(0.2)     # and nothing more is on its way
+    with pytest.raises(socket.timeout):
+        client.recv(4096)
+    return out
+
+
+def rcode(reply: bytes) -> int:
+    return reply[3] & 0xF
+
+
+def test_one_wake_up_answers_every_queued_query_fast_full_path_and_malformed_mixed(batch_worker):
+    worker, client, _ = batch_worker
+    server = ("127.0.0.1", 5353)
+    sent = [query(1, WEB), edns_query(2, WEB.upper()), query(3, WEB, qtype=16),   # TXT: the full path
+            query(4, "nope.default.svc.cluster.local"),
+            struct.pack("!HHHHHH", 5, 0x0100, 1, 0, 0, 0) + b"\x05junk",          # malformed: FORMERR
+            struct.pack("!HHHHHH", 6, 0x8100, 1, 0, 0, 0),                        # an answer: dropped
+            query(7, "db.default.svc.cluster.local")]
+    for packet in sent:
+        client.sendto(packet, server)
+    worker.answer_queued({})
+    got = replies(client, 6)
+    assert sorted(got) == [1, 2, 3, 4, 5, 7]
+    assert got[1][-4:] == bytes([10, 96, 120, 15]) and rcode(got[1]) == 0
+    assert WEB.upper().split(".")[0].encode() in got[2] and got[2][-11:-8] == b"\x00\x00\x29"   # case kept, OPT echoed
+    assert rcode(got[3]) == 0 and struct.unpack("!H", got[3][6:8])[0] == 0                      # NODATA
+    assert rcode(got[4]) == 3                                                                     # NXDOMAIN
+    assert rcode(got[5]) == 1                                                                     # FORMERR
+    assert got[7][-4:] == bytes([10, 96, 7, 7])
+    # the full path's answer to a plain query is remembered: the same question now takes the fast path
+    assert query(3, WEB, qtype=16)[12:] in worker.table.plain
+
+
+def test_a_reply_the_kernel_refuses_does_not_stop_the_rest_of_the_batch(batch_worker):
+    worker, client, raw = batch_worker
+    for qid in (1, 2):
+        client.sendto(query(qid, WEB), ("127.0.0.1", 5353))
+    raw.sendto(udp_from_port_zero(query(3, WEB), 5353), ("127.0.0.1", 0))
+    for qid in (4, 5):
+        client.sendto(query(qid, WEB), ("127.0.0.1", 5353))
+    worker.answer_queued({})
+    assert sorted(replies(client, 4)) == [1, 2, 4, 5]
+
+
+def test_more_queries_than_a_batch_are_all_answered_in_one_wake_up(batch_worker):
+    from proxy.dns.server import UDP_BATCH
+
+    worker, client, _ = batch_worker
+    count = UDP_BATCH * 2 + 3
+    for qid in range(count):
+        client.sendto(query(qid, WEB), ("127.0.0.1", 5353))
+    worker.answer_queued({})
+    assert sorted(replies(client, count)) == list(range(count))
+
+
+def test_udp_batch_takes_all_queued_datagrams_in_one_call_and_skips_a_refused_reply(namespaces):
+    from proxy.dns.batch import UdpBatch
+
+    with netns.entered(namespaces.new("dnsb")):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    try:
+        server.bind(("127.0.0.1", 5353))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        batch = UdpBatch(server, size=8, recv_size=16, send_size=8)
+        assert batch.recv() == 0                          # nothing queued: no wait, no error
+        for i in range(3):
+            client.sendto(b"q%d" % i, ("127.0.0.1", 5353))
+        raw.sendto(udp_from_port_zero(b"q3", 5353), ("127.0.0.1", 0))
+        client.sendto(b"q4" + b"x" * 30, ("127.0.0.1", 5353))
+        assert batch.recv() == 5
+        assert [batch.datagram(i) for i in range(5)] == [b"q0", b"q1", b"q2", b"q3", b"q4" + b"x" * 14]
+        assert batch.address(0) == client.getsockname() and batch.address(3) == ("127.0.0.1", 0)
+        assert not batch.reply(0, 0, b"too long for 8")
+        for k, i in enumerate((2, 3, 0, 4)):              # any order; slot 1 goes to port 0: refused
+            assert batch.reply(k, i, b"r%d" % i)
+        assert batch.send(4) == 3
+        assert [client.recv(16) for _ in range(3)] == [b"r2", b"r0", b"r4"]
+    finally:
+        for s in (server, client, raw):
+            s.close()
