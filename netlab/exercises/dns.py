@@ -80,7 +80,7 @@ class DnsPodStopped(Exercise):
         "Their state is T: stopped by SIGSTOP (as Ctrl-Z or a debugger would). A stopped process has not exited, "
         "so the kubelet's restart policy never acts on it. Let it run again: send SIGCONT to its process group.",
     )
-    explanation = ("Injected: kill -STOP -{pgid} (the processes of {dns_pod}'s container netlab-dns on {node}); "
+    explanation = ("Injected: kill -STOP -- -{pgid} (the processes of {dns_pod}'s container netlab-dns on {node}); "
                    "that pod's container restarts are paused (pods.restart/{dns_pod}), so killing the stopped "
                    "server does not get it silently restarted either: the fix is the one that undoes the fault.\n"
                    "The kernel still queues the queries on the stopped server's socket (TCP handshakes to :53 even "
@@ -134,7 +134,8 @@ class DnsPodStopped(Exercise):
         ]
 
     def solution(self, ctx, params):
-        return [f"kill -CONT -{params['pgid']}"]   # a negative pid: the process group (dash and bash alike)
+        # on the node (the same PID namespace): kill(1) of procps, "--" before a negative pid (the group)
+        return [ctx.node_cmd(params["node"], f"kill -CONT -- -{params['pgid']}")]
 
 
 # --- a pod's resolv.conf ----------------------------------------------------------------------
