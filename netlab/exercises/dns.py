@@ -72,9 +72,10 @@ class DnsPodStopped(Exercise):
     hints = (
         "Is it the name or the path? From a pod: dig @10.96.0.10 kubernetes.default.svc.cluster.local, then curl "
         "a Service by its IP (kube-netlab get svc -A). A timeout and a 'connection refused' mean different things.",
-        "Follow the query: kube-netlab get endpoints -n kube-system kube-dns names the pod {dns_pod_ip}; ask it "
-        "directly (dig @{dns_pod_ip} ...). On {node}, conntrack -L -p udp --dport 53 shows the queries "
-        "[UNREPLIED], and tcpdump -ni any udp port 53 shows them arrive and nothing go back.",
+        "Follow the query: kube-netlab trace --lab {lab} {client} kube-dns.kube-system --proto udp --port 53 "
+        "shows each hop, the DNAT to the pod {dns_pod_ip} and where it stops; kube-netlab get endpoints -n "
+        "kube-system kube-dns lists that pod. On {node}, conntrack -L -p udp --dport 53 shows the queries "
+        "[UNREPLIED].",
         "The queries reach the pod and its socket (kube-netlab exec -n kube-system {dns_pod_name} -- ss -ulpn: "
         "the Recv-Q grows), so look at the server's processes: ps -eo pid,pgid,stat,args | grep 'netlab-dns serve'",
         "Their state is T: stopped by SIGSTOP (as Ctrl-Z or a debugger would). A stopped process has not exited, "
@@ -100,9 +101,10 @@ class DnsPodStopped(Exercise):
         by_node = {}
         for p in clients:
             by_node.setdefault(p.node, []).append(p.key)
+        clients = [rng.choice(keys) for _node, keys in sorted(by_node.items())]   # one per node
         return {"lab": ctx.lab_name, "dns_pod": pod.key, "dns_pod_name": pod.name, "dns_pod_ip": pod.ip,
                 "node": pod.node, "pgid": pid, "dns_ip": str(ctx.lab.dns_ip),
-                "clients": [rng.choice(keys) for _node, keys in sorted(by_node.items())]}   # one per node
+                "clients": clients, "client": clients[0]}
 
     def pauses(self, params):
         return {pause_token("pods.restart", params["dns_pod"])}
