@@ -221,11 +221,13 @@ def node_shape(ctx: Context, node: str) -> dict:
 
 
 def pod_mtus(ctx: Context) -> dict[str, str]:
-    return {p.key: ctx.link_mtu(p.netns) for p in ctx.pods()}
+    pods = ctx.pods()
+    return dict(zip((p.key for p in pods), _in_parallel(ctx.link_mtu, [(p.netns,) for p in pods])))
 
 
 def baseline(ctx: Context) -> dict:
-    return {"nodes": {n: node_shape(ctx, n) for n in ctx.node_names}, "pods": pod_mtus(ctx),
+    shapes = _in_parallel(lambda n: node_shape(ctx, n), [(n,) for n in ctx.node_names])
+    return {"nodes": dict(zip(ctx.node_names, shapes)), "pods": pod_mtus(ctx),
             "services": service_reach(ctx)}
 
 
@@ -237,11 +239,10 @@ def collateral_checks(ctx: Context, base: dict | None) -> list[Check]:
     """The lab as a whole: each node's tables as on the healthy lab, every pod's MTU as it was,
     every pod reaching a pod on each other node, each Service port that answered still answering."""
     checks = []
-    for node in ctx.node_names:
-        before = (base or {}).get("nodes", {}).get(node)
-        if before is None:
-            continue
-        diff = _differences(before, node_shape(ctx, node))
+    nodes = [n for n in ctx.node_names if n in (base or {}).get("nodes", {})]
+    for node, now in zip(nodes, _in_parallel(lambda n: node_shape(ctx, n), [(n,) for n in nodes])):
+        before = base["nodes"][node]
+        diff = _differences(before, now)
         checks.append(Check(f"{node}: routes, FDB, neighbours, rules and ip_forward as on the healthy lab",
                             not diff, "; ".join(diff) if diff else
                             ", ".join(f"{k} {v}" for k, v in before.items())))
@@ -256,7 +257,7 @@ def collateral_checks(ctx: Context, base: dict | None) -> list[Check]:
     return checks
 
 
-def _in_parallel(probe: Callable, jobs: list) -> list[bool]:
+def _in_parallel(probe: Callable, jobs: list) -> list:
     """Probes at once (a lost ping costs its full timeout; a broken lab would take long one by one)."""
     if not jobs:
         return []
@@ -325,7 +326,7 @@ def start(name: str, *, lab_name: str | None = None, seed: int | None = None, ro
                             f"kube-netlab exercise reset --lab {ctx.lab_name}")
     seed = random.SystemRandom().randrange(1, 10**6) if seed is None else seed
     params = ex.choose(ctx, random.Random(seed))
-    unhealthy = [c for c in ex.checks(ctx, params) + collateral_checks(ctx, None) if not c.passed]
+    unhealthy = [c for c in all_checks(ctx, ex, params, None) if not c.passed]
     if unhealthy:
         raise ExerciseError(f"lab {ctx.lab_name} is not healthy before the fault, so the exercise could not be "
                             "graded: " + "; ".join(f"{c.name}: {c.why}" for c in unhealthy))
@@ -338,9 +339,17 @@ def start(name: str, *, lab_name: str | None = None, seed: int | None = None, ro
     return ctx, ex, rec
 
 
+def all_checks(ctx: Context, ex: Exercise | None, params: dict, base: dict | None) -> list[Check]:
+    """The exercise's own checks, then the collateral ones; both sets probe at the same time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        own = pool.submit(ex.checks, ctx, params) if ex is not None else None
+        collateral = collateral_checks(ctx, base)
+        return (own.result() if own is not None else []) + collateral
+
+
 def run_checks(ctx: Context) -> tuple[Exercise, ExerciseRecord, list[Check]]:
     ex, rec = running(ctx)
-    return ex, rec, ex.checks(ctx, rec.params) + collateral_checks(ctx, rec.baseline)
+    return ex, rec, all_checks(ctx, ex, rec.params, rec.baseline)
 
 
 def next_hint(ctx: Context) -> tuple[list[str], int]:
@@ -377,8 +386,8 @@ def reset(ctx: Context, timeout: float = RESET_TIMEOUT) -> list[Check]:
         ex.undo(ctx, rec.params)
     deadline = time.monotonic() + timeout
     while True:
-        failing = [c for c in (ex.checks(ctx, rec.params) if ex else []) + collateral_checks(
-            ctx, rec.baseline if rec else None) if not c.passed]
+        failing = [c for c in all_checks(ctx, ex, rec.params if rec else {}, rec.baseline if rec else None)
+                   if not c.passed]
         if not failing or time.monotonic() > deadline:
             break
         time.sleep(0.5)

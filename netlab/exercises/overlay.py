@@ -33,8 +33,8 @@ def choose_node_and_peer(ctx: Context, rng: random.Random) -> dict:
 def _probe(ctx: Context, params: dict) -> Check:
     """The data path across the broken pair, both ways."""
     pod, peer_pod = ctx.pod(params["pod"]), ctx.pod(params["peer_pod"])
-    there = ctx.ping(pod.netns, peer_pod.ip, count=2)
-    back = ctx.ping(peer_pod.netns, pod.ip, count=2)
+    there = ctx.ping(pod.netns, peer_pod.ip)
+    back = ctx.ping(peer_pod.netns, pod.ip)
     return Check(f"pods on {params['node']} and {params['peer']} ping each other", there and back,
                  f"{pod.key} -> {peer_pod.ip}: {'reply' if there else 'no reply'}; "
                  f"{peer_pod.key} -> {pod.ip}: {'reply' if back else 'no reply'}")

@@ -172,3 +172,33 @@ def test_an_unknown_exercise_names_the_known_ones():
 
 def test_a_check_serializes_for_graders():
     assert framework.Check("x", False, "no reply").to_dict() == {"name": "x", "passed": False, "why": "no reply"}
+
+
+def test_hints_come_one_more_each_call_and_the_instructor_sees_the_fault(state, monkeypatch):
+    class Dummy(framework.Exercise):
+        name, hints, explanation = "unit-dummy", ("look at {node}", "the FDB"), "broke {node}\nwhy it matters"
+
+        def solution(self, ctx, params):
+            return [f"kube-netlab exec --node {params['node']} -- true"]
+
+    monkeypatch.setitem(framework.REGISTRY, "unit-dummy", Dummy())
+    ctx = object.__new__(framework.Context)   # only the store: no lab namespaces needed here
+    ctx.state = state
+    state.put_exercise(ExerciseRecord("unit-dummy", 3, {"node": "node-a"}, ("overlay.fdb/node-a",)))
+    assert framework.next_hint(ctx) == (["look at node-a"], 2)
+    assert framework.next_hint(ctx) == (["look at node-a", "the FDB"], 2)
+    assert framework.next_hint(ctx) == (["look at node-a", "the FDB"], 2)   # no more: all of them again
+    assert state.exercise().hints_shown == 2
+    assert framework.solution_lines(ctx) == ["kube-netlab exec --node node-a -- true"]
+    lines = framework.solution_lines(ctx, instructor=True)
+    assert lines[-1] == "kube-netlab exec --node node-a -- true"
+    assert all(line.startswith("#") for line in lines[:-1])          # sh runs the commands only
+    assert "# paused repairs: overlay.fdb/node-a" in lines and "# broke node-a" in lines
+    assert any("seed 3" in line for line in lines)
+
+
+def test_commands_without_a_running_exercise_say_how_to_start_one(state):
+    ctx = object.__new__(framework.Context)
+    ctx.state, ctx.lab = state, state.lab()
+    with pytest.raises(framework.ExerciseError, match="exercise start NAME"):
+        framework.next_hint(ctx)
