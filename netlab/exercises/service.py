@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shlex
 import subprocess
@@ -28,10 +27,10 @@ PROBE_TRIES = 40   # a random pick misses one of 4 endpoints 40 times in a row o
 
 # Connects to ip:port up to `tries` times (a new source port each time) and prints each answer's
 # first word (the echo server's pod name) or ERR; stops once every wanted pod answered, or at
-# the first failure when asked to (a failure costs a timeout; one is enough to know).
+# the first failure (a failure costs a timeout; one is enough to know).
 PROBE = r"""
 import socket, sys
-ip, port, tries, stop_on_error, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", set(sys.argv[5:])
+ip, port, tries, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), set(sys.argv[4:])
 for _ in range(tries):
     s = socket.socket()
     s.settimeout(1)
@@ -43,8 +42,7 @@ for _ in range(tries):
         want.discard(name)
     except (OSError, IndexError) as e:
         print("ERR", type(e).__name__, flush=True)
-        if stop_on_error:
-            break
+        break
     finally:
         s.close()
     if not want:
@@ -53,11 +51,10 @@ for _ in range(tries):
 
 
 def probe_service(ctx: Context, netns: str, ip: str, port: int, want: set[str], *,
-                  stop_on_error: bool = True, tries: int = PROBE_TRIES) -> tuple[list[str], int]:
+                  tries: int = PROBE_TRIES) -> tuple[list[str], int]:
     """New TCP connections from netns to ip:port until every pod in `want` answered: (the pod
     names that answered, in order; how many connections got no answer)."""
-    out = ctx.run(netns, "python3", "-c", PROBE, ip, str(port), str(tries), "1" if stop_on_error else "0",
-                  *sorted(want)).stdout.split("\n")
+    out = ctx.run(netns, "python3", "-c", PROBE, ip, str(port), str(tries), *sorted(want)).stdout.split("\n")
     return [l for l in out if l and not l.startswith("ERR")], sum(1 for l in out if l.startswith("ERR"))
 
 
@@ -340,7 +337,10 @@ class MasqueradeMissing(Exercise):
         pods = [p for p in _endpoint_pods(ctx) if p.node == node]
         if not pods:
             raise ExerciseError(f"this exercise needs an endpoint of {SERVICE} on {node}")
-        return {**params, "node": node, "pod": rng.choice(pods).key}
+        nodeports = [f"{p.node_port}" for svc in ctx.state.services().values() for p in svc.ports
+                     if p.node_port and p.protocol == "TCP"]
+        return {**params, "node": node, "pod": rng.choice(pods).key, "node_ip": ctx.node_facts(node).underlay_ip,
+                "nodeport": int(nodeports[0]) if nodeports else None}
 
     def pauses(self, params):
         return {pause_token("proxy", params["node"])}
@@ -363,10 +363,18 @@ class MasqueradeMissing(Exercise):
     def checks(self, ctx, params):
         node, pod = params["node"], ctx.pod(params["pod"])
         rule = self._rule(ctx, node)
-        return [Check(f"{node}: KUBE-POSTROUTING masquerades the packets marked 0x4000", rule is not None,
-                      rule or "no MASQUERADE rule in KUBE-POSTROUTING after the RETURN for unmarked packets"),
-                _answers_check(ctx, pod.netns, pod.key, params, {pod.name},
-                               f"reaches itself through {params['service']} ({params['cluster_ip']}:{params['port']})")]
+        checks = [Check(f"{node}: KUBE-POSTROUTING masquerades the packets marked 0x4000", rule is not None,
+                        rule or "no MASQUERADE rule in KUBE-POSTROUTING after the RETURN for unmarked packets"),
+                  _answers_check(ctx, pod.netns, pod.key, params, {pod.name},
+                                 f"reaches itself through {params['service']} ({params['cluster_ip']}:{params['port']})")]
+        if params["nodeport"]:   # each client is pinned (ClientIP affinity): some fail, depending on their endpoint
+            target = f"{params['node_ip']}:{params['nodeport']}"
+            local = [p for p in ctx.pods() if p.node == node]
+            failed = [p.key for p in local
+                      if probe_service(ctx, p.netns, params["node_ip"], params["nodeport"], set(), tries=1)[1]]
+            checks.append(Check(f"every pod on {node} connects to its node's NodePort {target}", not failed,
+                                ("no answer to " + ", ".join(failed)) if failed else f"{len(local)} pods connected"))
+        return checks
 
     def solution(self, ctx, params):
         return [ctx.node_cmd(params["node"], "iptables -t nat -A KUBE-POSTROUTING -m comment --comment "
@@ -450,10 +458,12 @@ class StaleUdpConntrack(Exercise):
             "(kubernetes#19029, the classic DNS-stops-resolving-after-CoreDNS-restarts bug).")
     symptom = ("After the echo Deployment was restarted (every pod replaced), a process on one node that "
                "sends a UDP datagram to the echo Service every half second gets no answer any more (its log "
-               "says timeout), while a new client, e.g. a fresh nc -u or python socket, gets answers at once.")
+               "says timeout), while a new client (a new socket) gets answers at once.")
     hints = (
         "The client runs in {node}'s network namespace (ps -ef | grep {mark}); it logs every answer or timeout "
-        "to {log}. What changed for it, and what did not change for a new client?",
+        "to {log}. A new client from the same node is answered: kube-netlab exec --node {node} -- python3 -c "
+        "\"import socket; s = socket.socket(2, 2); s.settimeout(1); s.sendto(b'x', ('{cluster_ip}', {port})); "
+        "print(s.recv(99))\". What differs between the two?",
         "A new client works, the old one does not: what does the kernel remember per UDP flow? "
         "kube-netlab exec --node {node} -- conntrack -L -p udp --orig-dst {cluster_ip}",
         "The client's entry (source port {client_port}) is still translated to {stale_ip}, which was "
