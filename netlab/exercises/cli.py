@@ -46,11 +46,18 @@ def register(sub, lab_opt) -> None:
     v.set_defaults(func=cmd_solution)
 
 
-def _context(a):
-    from ..engine import LabError, resolve_lab
-    from .framework import Context
+def _local_root(a) -> None:
+    from ..engine import LabError
     if a.store:
         raise LabError("exercises run on a lab on this machine; drop --store")
+    if os.geteuid() != 0:
+        raise LabError("run as root (exercises read and change the lab's namespaces)")
+
+
+def _context(a):
+    from ..engine import resolve_lab
+    from .framework import Context
+    _local_root(a)
     return Context(resolve_lab(a.lab))
 
 
@@ -68,12 +75,8 @@ def cmd_list(a) -> int:
 
 
 def cmd_start(a) -> int:
-    from ..engine import LabError
     from .framework import start
-    if a.store:
-        raise LabError("exercises run on a lab on this machine; drop --store")
-    if os.geteuid() != 0:
-        raise LabError("run as root (an exercise changes the lab's namespaces)")
+    _local_root(a)
     ctx, ex, rec = start(a.name, lab_name=a.lab, seed=a.seed, root=ROOT, up_timeout=a.timeout)
     print(f"exercise {ex.name} started on lab {ctx.lab_name} (seed {rec.seed}): {ex.title}\n")
     print(f"goal:     {ex.goal}\nsymptom:  {ex.symptom}\n")
