@@ -162,7 +162,7 @@ def _write_in_place(path: str, text: str) -> None:
         f.write(text)
 
 
-def _with_search(text: str, searches: list[str]) -> str:
+def with_search(text: str, searches: list[str]) -> str:
     lines = [line for line in text.splitlines() if not line.split()[:1] in (["search"], ["domain"])]
     return "\n".join([f"search {' '.join(searches)}", *lines]) + "\n"
 
@@ -236,7 +236,7 @@ class ResolvSearchWrong(Exercise):
                 "resolv_path": resolv_path(pod.netns), "resolv_conf": original}
 
     def inject(self, ctx, params):
-        _write_in_place(params["resolv_path"], _with_search(params["resolv_conf"], params["wrong_search"].split()))
+        _write_in_place(params["resolv_path"], with_search(params["resolv_conf"], params["wrong_search"].split()))
 
     def undo(self, ctx, params):
         if os.path.exists(params["resolv_path"]):

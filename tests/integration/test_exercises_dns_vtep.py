@@ -1,7 +1,8 @@
 """The cluster DNS and VTEP exercises (netlab/exercises/dns.py, vtep.py) on one real two-node
 lab, through the CLI: each fails after start (past an agent resync when it pauses a repair),
 passes after `sh` runs its solution, and reset leaves a healthy lab; --seed moves the fault;
-a killed DNS server stays down until reset; a VXLAN device re-created with a new MAC fails."""
+a killed DNS server stays down until reset; a VXLAN device re-created with a new MAC fails.
+Last, the pure pieces: the wrong search paths, the wrong VTEP MAC, reading a process group."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,8 @@ import pytest
 from labrun import kn, on_node
 from netlab import state
 from netlab.exercises import framework
+from netlab.exercises.dns import WRONG_KINDS, process_group, with_search, wrong_searches
+from netlab.exercises.vtep import random_vtep_mac
 from test_exercises import PATH, RESYNC, check, exercise_cycle, failing, wait_for
 from test_exercises import lab, labstate  # noqa: F401  (fixtures: a two-node lab for the module, its records)
 
@@ -83,3 +86,33 @@ def test_a_vxlan_device_re_created_with_a_new_mac_does_not_pass(lab):
     assert on_node(lab.name, node, "ip", "-d", "link", "show", "flannel.1").stdout.count("dstport 8472") == 1
     reset(lab)                                             # the agent re-creates flannel.1 with its own MAC
 
+
+
+# --- the pure pieces (no lab) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", WRONG_KINDS)
+def test_every_wrong_search_path_misses_the_namespace_suffix_and_only_the_search_line_changes(kind):
+    right = "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    wrong = wrong_searches(kind, "default", "cluster.local", "kube-system")
+    assert "default.svc.cluster.local" not in wrong and wrong
+    text = with_search(right, wrong)
+    assert text.splitlines()[1:] == right.splitlines()[1:] and text.splitlines()[0] == "search " + " ".join(wrong)
+
+
+def test_a_wrong_vtep_mac_is_locally_administered_unicast_and_none_of_the_real_ones():
+    rng, real = random.Random(1), {"02:00:00:00:00:01"}
+    macs = [random_vtep_mac(rng, real) for _ in range(50)]
+    assert all(int(m[:2], 16) & 0x03 == 0x02 for m in macs) and not real & set(macs)
+
+
+def test_a_process_group_is_read_with_each_process_state():
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        wait_for("the child stopped", lambda: process_group(child.pid).get(child.pid) == "T", timeout=5)
+        os.kill(child.pid, signal.SIGCONT)
+        wait_for("the child runs", lambda: process_group(child.pid).get(child.pid) in ("S", "R"), timeout=5)
+        assert list(process_group(child.pid)) == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
