@@ -23,6 +23,7 @@ from ..state import ExerciseRecord, LabState
 
 TOPOLOGIES = "topologies"
 PAUSE_SETTLE_SECONDS = 0.5   # a sync that read the pauses just before they were written finishes meanwhile
+TCP_CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()"
 RESET_TIMEOUT = 30.0         # the agents repair within a resync period (5 s) once resumed
 
 
@@ -185,8 +186,10 @@ class Context:
         m = re.search(r" mtu (\d+)", self.run(netns, "ip", "-o", "link", "show", "dev", dev).stdout)
         return m.group(1) if m else "none"
 
-    def tcp_connects(self, netns: str, ip: str, port: int) -> bool:
-        return self.run(netns, "timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port}").returncode == 0
+    def tcp_connects(self, netns: str, ip: str, port: int, timeout: float = 1.5) -> bool:
+        """A TCP handshake completes (a socket timeout: `timeout bash -c` puts bash in a background
+        process group, which the terminal can stop)."""
+        return self.run(netns, "python3", "-c", TCP_CONNECT, ip, str(port), str(timeout)).returncode == 0
 
     # the shell lines of a solution
     def node_cmd(self, node: str, cmd: str) -> str:
