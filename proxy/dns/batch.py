@@ -3,7 +3,8 @@
 Python's socket module has neither call, so one UdpBatch per socket keeps
 preallocated arrays of struct mmsghdr, iovec and sockaddr_in and the buffers
 they point at (set up once, reused for every batch). recv() takes what is
-queued (MSG_WAITFORONE: blocks for the first only if the socket blocks);
+queued (MSG_WAITFORONE: on a blocking socket it waits for the first, up to
+SO_RCVTIMEO; recv(wait=False) never waits);
 reply(k, i, payload) fills send slot k with an answer to received datagram i
 (its msg_name points at i's source address: no address is decoded on the
 fast path); send(count) hands all filled slots to one sendmmsg and goes on
@@ -17,6 +18,7 @@ import errno
 import socket
 
 MSG_WAITFORONE = 0x10000       # linux/socket.h
+_NO_WAIT = MSG_WAITFORONE | socket.MSG_DONTWAIT
 _SOCKADDR_IN_LEN = 16
 
 
@@ -104,9 +106,9 @@ class UdpBatch:
         if self._recvmmsg(-1, None, 0, 0, None) < 0 and ctypes.get_errno() == errno.ENOSYS:
             raise BatchUnavailable(errno.ENOSYS, "the kernel refuses recvmmsg")
 
-    def recv(self) -> int:
+    def recv(self, wait: bool = True) -> int:
         """Datagrams now queued, up to size (0: none). Errors other than 'nothing queued' raise OSError."""
-        n = self._recvmmsg(self.fd, self._rx_addr, self.size, MSG_WAITFORONE, None)
+        n = self._recvmmsg(self.fd, self._rx_addr, self.size, MSG_WAITFORONE if wait else _NO_WAIT, None)
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):
@@ -137,11 +139,11 @@ class UdpBatch:
 
     def send(self, count: int) -> int:
         """Sends slots 0..count-1 (replies to datagrams of this batch: recv() reuses the addresses).
-        A datagram the kernel refuses (full buffer, bad address) is skipped, the rest still go.
+        Never waits. A datagram the kernel refuses (full buffer, bad address) is skipped, the rest still go.
         Returns how many went."""
         done = sent = 0
         while done < count:
-            n = self._sendmmsg(self.fd, self._tx_addr + done * _MMSG_SIZE, count - done, 0)
+            n = self._sendmmsg(self.fd, self._tx_addr + done * _MMSG_SIZE, count - done, socket.MSG_DONTWAIT)
             if n <= 0:
                 done += 1      # the first of the rest failed: drop it, as sendto's error is ignored
                 continue
@@ -158,11 +160,11 @@ class PlainBatch:
         self._received: list[tuple[bytes, tuple[str, int]]] = []
         self._replies: list[tuple[bytes, tuple[str, int]]] = [(b"", ("", 0))] * size
 
-    def recv(self) -> int:
+    def recv(self, wait: bool = True) -> int:
         received = self._received = []
-        for _ in range(self.size):
-            try:
-                received.append(self.sock.recvfrom(self.recv_size))
+        for i in range(self.size):
+            try:   # on a blocking socket only the first may wait, as with MSG_WAITFORONE
+                received.append(self.sock.recvfrom(self.recv_size, 0 if wait and not i else socket.MSG_DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -185,7 +187,7 @@ class PlainBatch:
         sent = 0
         for payload, addr in self._replies[:count]:
             try:
-                self.sock.sendto(payload, addr)
+                self.sock.sendto(payload, socket.MSG_DONTWAIT, addr)
                 sent += 1
             except OSError:
                 pass

@@ -43,7 +43,8 @@ UPSTREAM_TIMEOUT = 2.0
 TCP_IDLE_TIMEOUT = 10.0
 MAX_TCP_CONNECTIONS = 128        # per worker; more are closed at once
 UDP_BATCH = 64                   # datagrams per recvmmsg/sendmmsg (and per upstream read)
-UDP_ROUNDS = 4                   # batches read per wake-up before the loop looks at timeouts and stop
+UDP_WAKE_US = 250_000           # the UDP loop's longest wait, to see stop
+UDP_ROUNDS = 4                   # batches read per wake-up before the loop looks at stop again
 MAX_UDP_QUERY = 4096             # a bigger query is cut (and answered FORMERR): no 64 KiB buffer per datagram
 MAX_UDP_REPLY = 4096             # a send slot; a bigger UDP answer goes alone by sendto
 PR_SET_PDEATHSIG = 1
@@ -111,7 +112,8 @@ class Worker:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind(self.listen)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.udp.setblocking(False)
+        # blocking, so that recvmmsg waits for the first datagram, but never past SO_RCVTIMEO (stop is seen)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, UDP_WAKE_US))
         self.batch = open_batch(self.udp, UDP_BATCH, MAX_UDP_QUERY, MAX_UDP_REPLY)
         self.tcp.listen(128)
         self.fwd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -121,27 +123,31 @@ class Worker:
 
     # -- UDP -------------------------------------------------------------------------------------
     def serve_udp(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.udp, selectors.EVENT_READ, "client")
-        sel.register(self.fwd, selectors.EVENT_READ, "upstream")
+        """Blocks in recvmmsg (SO_RCVTIMEO wakes it to see stop): no select per batch. Upstream
+        replies and their timeouts have a thread of their own."""
         pending: dict[int, tuple[Forward, tuple, float]] = {}
-        udp = self.udp
+        threading.Thread(target=self.serve_upstream, args=(pending,), name="upstream", daemon=True).start()
         while not self.stop.is_set():
-            for key, _ in sel.select(0.25):
-                if key.data == "client":
-                    self.answer_queued(pending)
-                else:
-                    self._drain_upstream(pending)
+            self.answer_queued(pending)
+
+    def serve_upstream(self, pending: dict) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.fwd, selectors.EVENT_READ)
+        while not self.stop.is_set():
+            if sel.select(0.25):
+                self._drain_upstream(pending)
             if pending:
                 now = time.monotonic()
-                for rid in [r for r, (_f, _a, deadline) in pending.items() if deadline < now]:
-                    fwd, addr, _ = pending.pop(rid)
-                    self.count("upstream_timeouts")
-                    self._send(udp, self.table.resolver.servfail(fwd), addr)
+                # list() copies at once (the UDP thread adds entries meanwhile)
+                for rid, (_f, _a, deadline) in list(pending.items()):
+                    entry = pending.pop(rid, None) if deadline < now else None
+                    if entry is not None:
+                        self.count("upstream_timeouts")
+                        self._send(self.udp, self.table.resolver.servfail(entry[0]), entry[1])
 
     def _send(self, sock, data: bytes, addr) -> None:
         try:
-            sock.sendto(data, addr)
+            sock.sendto(data, socket.MSG_DONTWAIT, addr)
         except OSError:
             pass   # an unreachable or closed client is its problem, not the loop's
 
@@ -154,9 +160,9 @@ class Worker:
         plain, edns = table.plain, table.edns
         datagram, reply = batch.datagram, batch.reply
         replied = full = received = 0   # full: replies of the full path among those batched
-        for _ in range(UDP_ROUNDS):
+        for round_ in range(UDP_ROUNDS):
             try:
-                n = batch.recv()
+                n = batch.recv(wait=not round_)
             except OSError:
                 continue   # a socket error (e.g. ENOMEM) is the kernel's; the next datagram is ours
             received += n
@@ -200,12 +206,13 @@ class Worker:
         rid = random.getrandbits(16)
         while rid in pending:
             rid = random.getrandbits(16)
+        pending[rid] = (fwd, addr, time.monotonic() + UPSTREAM_TIMEOUT)   # before the reply can come
         try:
             self.fwd.send(rid.to_bytes(2, "big") + fwd.packet[2:])
         except OSError:
-            self._send(self.udp, self.table.resolver.servfail(fwd), addr)
+            if pending.pop(rid, None) is not None:
+                self._send(self.udp, self.table.resolver.servfail(fwd), addr)
             return
-        pending[rid] = (fwd, addr, time.monotonic() + UPSTREAM_TIMEOUT)
         self.count("forwarded")
 
     def _drain_upstream(self, pending) -> None:
@@ -218,13 +225,13 @@ class Worker:
                 continue
             if len(reply) < 12:
                 continue
-            entry = pending.get(int.from_bytes(reply[:2], "big"))
+            rid = int.from_bytes(reply[:2], "big")
+            entry = pending.get(rid)
             if entry is None:
                 continue
             fwd, addr, _ = entry
             out = self.table.resolver.relay(fwd, reply)
-            if out is not None:
-                del pending[int.from_bytes(reply[:2], "big")]
+            if out is not None and pending.pop(rid, None) is not None:
                 self._send(self.udp, out, addr)
 
     # -- TCP -------------------------------------------------------------------------------------
@@ -425,8 +432,9 @@ def cmd_serve(args) -> int:
 
     def make_worker(counters, slot):
         worker = Worker(listen, upstream, counters, slot)
-        worker.bind()
+        # the zone first: once bound, SO_REUSEPORT sends this worker its share of the queries
         StoreWatcher(store_path, settings, worker.set_zone).start(worker.stop)
+        worker.bind()
         return worker
 
     log.info("serving %s on %s:%d, upstream %s", settings.domain, *listen, settings.upstream or "none")

@@ -74,7 +74,6 @@ class StoreWatcher:
             return True
 
     def run(self, stop: threading.Event) -> None:
-        self.rebuild()
         waited = 0.0
         while not stop.wait(self.interval):
             waited += self.interval
@@ -86,6 +85,8 @@ class StoreWatcher:
                 log.exception("zone rebuild failed; keeping the previous zone")
 
     def start(self, stop: threading.Event) -> threading.Thread:
+        """Builds the first zone now (so a worker binds only once it can answer), then watches on a thread."""
+        self.rebuild()
         t = threading.Thread(target=self.run, args=(stop,), name="store-watch", daemon=True)
         t.start()
         return t
