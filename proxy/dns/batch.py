@@ -17,6 +17,8 @@ import ctypes
 import errno
 import socket
 
+from .fastpath import BARE_OPT_LEN, EDNS_HEADERS, OPT_HEAD, OPT_TAIL, PLAIN_HEADERS, AnswerTable
+
 MSG_WAITFORONE = 0x10000       # linux/socket.h
 _NO_WAIT = MSG_WAITFORONE | socket.MSG_DONTWAIT
 _SOCKADDR_IN_LEN = 16
@@ -99,6 +101,7 @@ class UdpBatch:
         self._rx = memoryview(self._rx_buf)
         self._tx = memoryview(self._tx_buf)
         self._rx_addr = ctypes.addressof(self._rx_mm)
+        self._received = 0
         self._tx_addr = ctypes.addressof(self._tx_mm)
 
     def probe(self) -> None:
@@ -109,6 +112,7 @@ class UdpBatch:
     def recv(self, wait: bool = True) -> int:
         """Datagrams now queued, up to size (0: none). Errors other than 'nothing queued' raise OSError."""
         n = self._recvmmsg(self.fd, self._rx_addr, self.size, MSG_WAITFORONE if wait else _NO_WAIT, None)
+        self._received = max(n, 0)
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):
@@ -136,6 +140,38 @@ class UdpBatch:
         self._tx_iov_lens[k * _WORDS_PER_IOV + _IOV_LEN_WORD] = size
         self._tx_ptrs[k * _PTRS_PER_MMSG + _NAME_WORD] = self._names_base + i * _SOCKADDR_IN_LEN
         return True
+
+    def answer_fast(self, table: AnswerTable) -> tuple[int, list[int]]:
+        """Fills send slots 0..k-1 with the table's answers to this batch's datagrams: (k, the indexes
+        of those it has none for). AnswerTable.answer's logic inlined, with datagram() and reply():
+        at 100k queries/s every call and attribute lookup shows."""
+        plain, edns = table.plain, table.edns
+        rx, rx_words, recv_size = self._rx, self._rx_words, self.recv_size
+        tx, tx_iov_lens, tx_ptrs, send_size = self._tx, self._tx_iov_lens, self._tx_ptrs, self.send_size
+        names_base = self._names_base
+        k = 0
+        rest = []
+        for i in range(self._received):
+            start = i * recv_size
+            data = bytes(rx[start:start + rx_words[i * _WORDS_PER_MMSG + _MSG_LEN_WORD]])
+            head = data[2:12]
+            hit = None
+            if head in PLAIN_HEADERS:
+                q = data[12:]
+                hit = plain.get(q) or plain.get(q[:-4].lower() + q[-4:])
+            elif head in EDNS_HEADERS and data[-11:-8] == OPT_HEAD and data[-6:] == OPT_TAIL:
+                q = data[12:-BARE_OPT_LEN]
+                hit = edns.get(q) or edns.get(q[:-4].lower() + q[-4:])
+            if hit is None:
+                rest.append(i)
+                continue
+            out = b"".join((data[:2], hit[0], q, hit[1]))   # at most 512 bytes: remember() keeps no more
+            start = k * send_size
+            tx[start:start + len(out)] = out
+            tx_iov_lens[k * _WORDS_PER_IOV + _IOV_LEN_WORD] = len(out)
+            tx_ptrs[k * _PTRS_PER_MMSG + _NAME_WORD] = names_base + i * _SOCKADDR_IN_LEN
+            k += 1
+        return k, rest
 
     def send(self, count: int) -> int:
         """Sends slots 0..count-1 (replies to datagrams of this batch: recv() reuses the addresses).
@@ -182,6 +218,18 @@ class PlainBatch:
     def reply(self, k: int, i: int, payload: bytes) -> bool:
         self._replies[k] = (payload, self._received[i][1])
         return True
+
+    def answer_fast(self, table: AnswerTable) -> tuple[int, list[int]]:
+        k = 0
+        rest = []
+        for i, (data, addr) in enumerate(self._received):
+            out = table.answer(data)
+            if out is None:
+                rest.append(i)
+            else:
+                self._replies[k] = (out, addr)
+                k += 1
+        return k, rest
 
     def send(self, count: int) -> int:
         sent = 0
