@@ -392,3 +392,25 @@ def test_udp_batch_takes_all_queued_datagrams_in_one_call_and_skips_a_refused_re
     finally:
         for s in (server, client, raw):
             s.close()
+
+
+def test_without_recvmmsg_in_libc_the_worker_answers_by_recvfrom(namespaces, monkeypatch):
+    from proxy.dns import batch
+    from proxy.dns.server import Worker
+    from proxy.dns.zone import static_zone
+
+    monkeypatch.setattr(batch, "_CALLS", None)        # what _libc_calls() gives on a libc without them
+    with netns.entered(namespaces.new("dnsb")):
+        worker = Worker(("127.0.0.1", 5353), None)
+        worker.set_zone(static_zone({WEB: "10.96.120.15"}))
+        worker.bind()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert isinstance(worker.batch, batch.PlainBatch)
+        client.settimeout(2)
+        client.sendto(query(9, WEB), ("127.0.0.1", 5353))
+        worker.answer_queued({})
+        assert replies(client, 1)[9][-4:] == bytes([10, 96, 120, 15])
+    finally:
+        for s in (worker.udp, worker.tcp, worker.fwd, client):
+            s.close()
