@@ -384,17 +384,29 @@ class MasqueradeMissing(Exercise):
 # --- stale UDP conntrack ---------------------------------------------------------------------------
 
 CLIENT_MARK = "netlab-exercise-udp-client"
-CLIENT_PORT = 40053
+CLIENT_PORT = 40053   # its flow to the Service; CLIENT_PORT + 1: its flow to the cluster DNS (a canary)
 # A UDP client that keeps its socket, as a resolver or a metrics agent does: one datagram every
 # 0.5 s from the same port, each answer's first word (the echo pod) or "timeout" logged a line.
+# Its second socket asks the cluster DNS the same question as often: a flow the fix must leave
+# alone (its conntrack entry keeps its id unless someone flushes the table).
 CLIENT = r"""
 import socket, sys, time
-ip, port, sport, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ip, port, sport, log, dns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("", sport))
 s.settimeout(0.5)
+canary = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+canary.bind(("", sport + 1))
+canary.setblocking(False)
+name = b"".join(bytes([len(p)]) + p for p in b"kubernetes.default.svc.cluster.local".split(b"."))
+query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x00\x01\x00\x01"
 with open(log, "a", buffering=1) as out:
     while True:
+        canary.sendto(query, (dns, 53))
+        try:
+            canary.recv(512)
+        except OSError:
+            pass
         s.sendto(b"x", (ip, port))
         try:
             got = s.recv(200).decode(errors="replace").split()[0]
@@ -448,6 +460,16 @@ def _conntrack_entries(ctx: Context, node: str, ip: str, port: int) -> list[tupl
     return entries
 
 
+def _canary_id(ctx: Context, params: dict) -> str | None:
+    """What identifies the conntrack entry of the client's flow to the cluster DNS: its id and the
+    source port its masquerade chose (random, --random-fully). The id alone may come back for a new
+    entry (it hashes the entry's address, which the kernel reuses); both together do not."""
+    out = ctx.node_run(params["node"], "conntrack", "-L", "-p", "udp", "--orig-dst", params["dns_ip"],
+                       "--sport", str(params["canary_port"]), "-o", "id").stdout
+    found = re.search(r"\bdport=\d+ .*\bdport=(\d+)\b.*\bid=(\d+)", out)
+    return f"{found.group(2)}/{found.group(1)}" if found else None
+
+
 @register
 class StaleUdpConntrack(Exercise):
     name = "stale-udp-conntrack"
@@ -478,8 +500,9 @@ class StaleUdpConntrack(Exercise):
                    "still synced.\nThe client's datagrams match the old conntrack entry, so they are DNATed to "
                    "{stale_ip} without looking at the new rules, and each one refreshes the entry's timeout. "
                    "Deleting the entry (conntrack -D, as kube-proxy does for a removed UDP endpoint) lets the "
-                   "next datagram through the Service's current rules. A flush of the whole table would also "
-                   "work here, but it breaks every other connection of the node.")
+                   "next datagram through the Service's current rules. A flush of the whole table (conntrack -F) "
+                   "would drop every other flow of the node: the check sees it on the client's DNS flow "
+                   "(port {canary_port}), whose entry must stay the same.")
 
     def choose(self, ctx, rng):
         params = _echo_params(ctx, "UDP")
@@ -488,6 +511,7 @@ class StaleUdpConntrack(Exercise):
         if not deployments:
             raise ExerciseError("this exercise needs the echo Deployment of topologies/workloads/echo.yaml")
         return {**params, "node": rng.choice(ctx.node_names), "client_port": CLIENT_PORT, "mark": CLIENT_MARK,
+                "dns_ip": str(ctx.lab.dns_ip), "canary_port": CLIENT_PORT + 1,
                 "log": os.path.join(ctx.paths.dir, f"{CLIENT_MARK}.log")}
 
     def pauses(self, params):
@@ -496,7 +520,8 @@ class StaleUdpConntrack(Exercise):
     def inject(self, ctx, params):
         node, log = params["node"], params["log"]
         subprocess.Popen(["ip", "netns", "exec", ctx.node_netns(node), "python3", "-c", CLIENT,
-                          params["cluster_ip"], str(params["port"]), str(params["client_port"]), log, CLIENT_MARK],
+                          params["cluster_ip"], str(params["port"]), str(params["client_port"]), log,
+                          params["dns_ip"], CLIENT_MARK],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
         answered = _wait_for("an answer to the UDP client", lambda: [
@@ -512,8 +537,9 @@ class StaleUdpConntrack(Exercise):
         # add the new pods' ClientIP affinity set elements, and so lines, to the ruleset)
         service_reach(ctx)
         rec = ctx.state.exercise()
-        ctx.state.put_exercise(replace(rec, params={**rec.params, "stale_ip": stale.ip, "stale_pod": stale.key},
-                                       baseline=baseline(ctx)))
+        canary = _wait_for("the client's DNS flow", lambda: _canary_id(ctx, params))
+        ctx.state.put_exercise(replace(rec, params={**rec.params, "stale_ip": stale.ip, "stale_pod": stale.key,
+                                                    "canary_id": canary}, baseline=baseline(ctx)))
 
     @staticmethod
     def _restart_deployment(ctx: Context) -> None:
@@ -559,6 +585,12 @@ class StaleUdpConntrack(Exercise):
                                 "the client is not running: it must keep its socket (do not restart it)" if running
                                 else "no exercise client runs (the exercise is not running)"))
             return checks
+        canary = _canary_id(ctx, params)
+        checks.append(Check(f"{node}: the client's other flow (to {params['dns_ip']}:53 from port "
+                            f"{params['canary_port']}) kept its conntrack entry", canary == params.get("canary_id"),
+                            f"entry (id/masquerade port) {canary} as before" if canary == params.get("canary_id") else
+                            f"entry (id/masquerade port) {canary or 'none'}, was {params.get('canary_id')}: the table was flushed "
+                            "(that drops every flow of the node); delete only the stale entry"))
         before = len(_log_lines(params["log"]))
         deadline = time.monotonic() + 3
         while len(_log_lines(params["log"])) < before + 2 and time.monotonic() < deadline:

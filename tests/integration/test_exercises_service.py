@@ -14,7 +14,7 @@ from labrun import TWO_NODE, Lab, kn, lab_leftovers, on_node
 from proxy.types import DEFAULT_SYNC_PERIOD
 from test_exercises import check, failing, run_solution
 
-OWN_CHECKS = {   # the first words of each exercise's own checks (the rest are the collateral ones)
+FAILING_AFTER_START = {   # words of the exercise's own checks that the fault fails (the rest pass, or are collateral)
     "hairpin-off": ("is in hairpin mode", "reaches itself through default/echo"),
     "endpoint-rules-missing": ("DNATs to", "every endpoint of default/echo answers"),
     "masquerade-missing": ("KUBE-POSTROUTING masquerades", "reaches itself through default/echo"),
@@ -32,12 +32,10 @@ def up(mode: str, tmp_path_factory) -> Lab:
     return lab
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
-def lab(request, tmp_path_factory):
+def running_lab(mode: str, tmp_path_factory):
     lab = None
     try:
-        lab = up(request.param, tmp_path_factory)
-        lab.mode = request.param
+        lab = up(mode, tmp_path_factory)
         yield lab
     finally:
         if lab is not None:
@@ -46,8 +44,19 @@ def lab(request, tmp_path_factory):
             assert lab_leftovers(lab.name) == []
 
 
+@pytest.fixture(scope="module")
+def iptables_lab(tmp_path_factory):
+    yield from running_lab("iptables", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def nftables_lab(tmp_path_factory):
+    yield from running_lab("nftables", tmp_path_factory)
+
+
 def own_failing(name: str, result: dict) -> list[str]:
-    return [c for c in failing(result) if any(words in c for words in OWN_CHECKS[name])]
+    """The words of FAILING_AFTER_START[name] that name a failing check."""
+    return [words for words in FAILING_AFTER_START[name] if any(words in c for c in failing(result))]
 
 
 def start(lab, name: str, seed: int) -> None:
@@ -67,13 +76,12 @@ CASES = [("hairpin-off", 1, "iptables"), ("endpoint-rules-missing", 2, "iptables
 
 
 @pytest.mark.parametrize("name, seed, mode", CASES)
-def test_a_service_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(lab, name, seed, mode):
-    if lab.mode != mode:
-        pytest.skip(f"runs on the {mode} lab")
+def test_a_service_exercise_fails_until_its_solution_runs_and_reset_restores_the_lab(request, name, seed, mode):
+    lab = request.getfixturevalue(f"{mode}_lab")
     start(lab, name, seed)
     code, result = check(lab)
     assert code == 1 and result["exercise"] == name
-    assert sorted(own_failing(name, result)) == sorted(c["name"] for c in result["checks"][:2]), result
+    assert own_failing(name, result) == list(FAILING_AFTER_START[name]), result
 
     lines = run_solution(lab)
     assert all(line.startswith("kube-netlab exec --lab ") for line in lines.splitlines())
@@ -84,30 +92,37 @@ def test_a_service_exercise_fails_until_its_solution_runs_and_reset_restores_the
 
 @pytest.mark.parametrize("name, seed", [("hairpin-off", 7), ("endpoint-rules-missing", 8),
                                         ("masquerade-missing", 9), ("stale-udp-conntrack", 10)])
-def test_reset_alone_restores_the_lab_from_the_unfixed_fault(lab, name, seed):
-    if lab.mode != "iptables":
-        pytest.skip("once is enough: reset does not depend on the proxy mode")
+def test_reset_alone_restores_the_lab_from_the_unfixed_fault(iptables_lab, name, seed):
+    lab = iptables_lab
     start(lab, name, seed)
-    assert own_failing(name, check(lab)[1])
+    assert own_failing(name, check(lab)[1]) == list(FAILING_AFTER_START[name])
     reset_is_healthy(lab)
 
 
-def test_the_proxys_full_resync_does_not_repair_the_endpoint_while_paused_but_does_after_reset(lab):
-    if lab.mode != "iptables":
-        pytest.skip("the pause is the proxy controller's, whatever the mode")
+def test_the_proxys_full_resync_does_not_repair_the_endpoint_while_paused_but_does_after_reset(iptables_lab):
+    lab = iptables_lab
     start(lab, "endpoint-rules-missing", 11)
     rules_check = check(lab)[1]["checks"][0]["name"]   # "node-x: KUBE-SVC-... jumps to KUBE-SEP-..., which DNATs to ..."
     node, sep_chain = rules_check.split(":")[0], re.search(r"KUBE-SEP-\w+", rules_check).group(0)
     time.sleep(DEFAULT_SYNC_PERIOD + 1)   # past the proxy's periodic full sync
-    assert own_failing("endpoint-rules-missing", check(lab)[1])
+    assert own_failing("endpoint-rules-missing", check(lab)[1]) == list(FAILING_AFTER_START["endpoint-rules-missing"])
     assert f":{sep_chain} " not in on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
     reset_is_healthy(lab)                 # the resumed proxy rewrote the chain
     assert f":{sep_chain} " in on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
 
 
-def test_masquerade_missing_needs_iptables_mode_and_says_so(lab):
-    if lab.mode != "nftables":
-        pytest.skip("the refusal is on the nftables lab")
-    out = kn("exercise", "start", "masquerade-missing", "--lab", lab.name, check=False)
+def test_flushing_the_whole_conntrack_table_does_not_pass(iptables_lab):
+    lab = iptables_lab
+    start(lab, "stale-udp-conntrack", 12)
+    node = check(lab)[1]["checks"][0]["name"].split(":")[0]   # "node-x: no UDP conntrack entry ..."
+    on_node(lab.name, node, "conntrack", "-F")
+    code, result = check(lab)
+    assert code == 1 and failing(result) == [f"{node}: the client's other flow (to 10.96.0.10:53 from port 40054) "
+                                             "kept its conntrack entry"], result
+    reset_is_healthy(lab)
+
+
+def test_masquerade_missing_needs_iptables_mode_and_says_so(nftables_lab):
+    out = kn("exercise", "start", "masquerade-missing", "--lab", nftables_lab.name, check=False)
     assert out.returncode == 1 and "needs a lab with proxyMode iptables (this one has nftables)" in out.stderr
-    assert kn("exercise", "check", "--lab", lab.name, check=False).returncode == 1   # nothing was started
+    assert kn("exercise", "check", "--lab", nftables_lab.name, check=False).returncode == 1   # nothing was started
