@@ -166,6 +166,12 @@ class HairpinOff(Exercise):
 
 # --- an endpoint's rules missing -------------------------------------------------------------------
 
+def _chain_rules(ctx: Context, node: str, chain: str) -> list[str]:
+    """A nat chain's rules as iptables-save prints them (-A lines)."""
+    lines = ctx.node_run(node, "iptables-save", "-t", "nat").stdout.splitlines()
+    return [l for l in lines if l.startswith(f"-A {chain} ")]
+
+
 def _iptables_endpoint_rules(ctx: Context, node: str, comment: str, endpoint: str) -> tuple[str, int, str, list[str]]:
     """(the Service chain, the 1-based position of the endpoint's jump in it, that rule's
     arguments, the endpoint chain's rules as -A lines) from the node's iptables-save."""
@@ -193,6 +199,13 @@ def _nft_endpoint_chain(ctx: Context, node: str, service: str, proto: str, port_
         raise ExerciseError(f"{node} has no nftables chain endpoint-...{suffix} (this exercise needs "
                             f"spec.nftables.layout kube-proxy, the default)")
     return m.group(1), [l.strip() for l in m.group(2).splitlines() if l.strip()]
+
+
+def _rules_difference(was: list[str], now: list[str]) -> str:
+    missing = [r for r in was if r not in now]
+    extra = [r for r in now if r not in was]
+    return "; ".join([*(f"missing: {r}" for r in missing), *(f"not the proxy's: {r}" for r in extra)]) or \
+        "the same rules in another order"
 
 
 @register
@@ -238,7 +251,7 @@ class EndpointRulesMissing(Exercise):
             svc_chain, position, jump, sep_rules = _iptables_endpoint_rules(ctx, node, comment, endpoint)
             sep_chain = jump.rsplit(" ", 1)[1]
             params.update(svc_chain=svc_chain, position=position, jump=jump, sep_chain=sep_chain,
-                          rules=sep_rules, injected=f"iptables -t nat -D {svc_chain} {position}; "
+                          rules=sep_rules, svc_rules=_chain_rules(ctx, node, svc_chain), injected=f"iptables -t nat -D {svc_chain} {position}; "
                                                     f"iptables -t nat -F {sep_chain}; iptables -t nat -X {sep_chain}")
         else:
             chain, rules = _nft_endpoint_chain(ctx, node, SERVICE, "tcp", target.name, endpoint)
@@ -260,13 +273,13 @@ class EndpointRulesMissing(Exercise):
     def checks(self, ctx, params):
         node, endpoint = params["node"], params["endpoint"]
         if params["mode"] == "iptables":
-            text = ctx.node_run(node, "iptables-save", "-t", "nat").stdout
-            jumps = [l for l in text.splitlines() if l.startswith(f"-A {params['svc_chain']} ")
-                     and l.endswith(f"-j {params['sep_chain']}")]
-            dnat = f"-A {params['sep_chain']} " in text and f"--to-destination {endpoint}" in text
-            rules = Check(f"{node}: {params['svc_chain']} jumps to {params['sep_chain']}, which DNATs to {endpoint}",
-                          bool(jumps) and dnat, f"jump: {'yes' if jumps else 'missing'}; DNAT chain: "
-                                                f"{'yes' if dnat else 'missing'}")
+            # exactly the proxy's rules: the probabilities are evaluated in order, so the jump's place matters
+            wrong = [f"{chain}: {_rules_difference(was, _chain_rules(ctx, node, chain))}"
+                     for chain, was in ((params["svc_chain"], params["svc_rules"]), (params["sep_chain"], params["rules"]))
+                     if _chain_rules(ctx, node, chain) != was]
+            rules = Check(f"{node}: {params['svc_chain']} jumps to {params['sep_chain']} (rule {params['position']}), "
+                          f"which DNATs to {endpoint}, as the proxy wrote them", not wrong,
+                          "; ".join(wrong) or "both chains as on the healthy lab")
         else:
             try:
                 _, now = _nft_endpoint_chain(ctx, node, SERVICE, "tcp", params["port_name"], endpoint)
@@ -275,8 +288,9 @@ class EndpointRulesMissing(Exercise):
                 why = str(e)
             else:
                 why = "; ".join(now) or "the chain is empty"
-            rules = Check(f"{node}: chain {params['chain']} DNATs to {endpoint}",
-                          any(f"dnat to {endpoint}" in r for r in now), why)
+            rules = Check(f"{node}: chain {params['chain']} DNATs to {endpoint}, as the proxy wrote it",
+                          now == params["rules"], why if now == params["rules"] else
+                          f"{_rules_difference(params['rules'], now)} (it has: {why})")
         client = next((p for p in ctx.pods() if p.node == node and p.key != params["endpoint_pod"]), None)
         if client is None:
             return [rules]

@@ -5,14 +5,16 @@ nftables mode for those that differ there (the endpoint's rules) or depend on it
 (the stale UDP entry); masquerade-missing is iptables only and says so."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 
 import pytest
 
 from labrun import TWO_NODE, Lab, kn, lab_leftovers, on_node
 from proxy.types import DEFAULT_SYNC_PERIOD
-from test_exercises import check, failing, run_solution
+from test_exercises import PATH, check, failing, run_solution
 
 FAILING_AFTER_START = {   # words of the exercise's own checks that the fault fails (the rest pass, or are collateral)
     "hairpin-off": ("is in hairpin mode", "reaches itself through default/echo"),
@@ -109,6 +111,21 @@ def test_the_proxys_full_resync_does_not_repair_the_endpoint_while_paused_but_do
     assert f":{sep_chain} " not in on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
     reset_is_healthy(lab)                 # the resumed proxy rewrote the chain
     assert f":{sep_chain} " in on_node(lab.name, node, "iptables-save", "-t", "nat").stdout
+
+
+def test_an_endpoint_jump_put_back_at_another_place_does_not_pass(iptables_lab):
+    lab = iptables_lab
+    start(lab, "endpoint-rules-missing", 13)
+    lines = kn("exercise", "solution", "--lab", lab.name).stdout
+    first = re.sub(r" -I (KUBE-SVC-\w+) \d+ ", r" -I \1 1 ", lines)   # before the off-cluster masquerade mark
+    assert first != lines
+    subprocess.run(["sh", "-e"], input=first, text=True, check=True, env={**os.environ, "PATH": PATH},
+                   capture_output=True)
+    code, result = check(lab)
+    assert code == 1 and [c for c in failing(result) if "as the proxy wrote them" in c], result
+    why = next(c["why"] for c in result["checks"] if not c["passed"])
+    assert "the same rules in another order" in why
+    reset_is_healthy(lab)
 
 
 def test_flushing_the_whole_conntrack_table_does_not_pass(iptables_lab):
