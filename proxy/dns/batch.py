@@ -4,12 +4,14 @@ Python's socket module has neither call, so one UdpBatch per socket keeps
 preallocated arrays of struct mmsghdr, iovec and sockaddr_in and the buffers
 they point at (set up once, reused for every batch). recv() takes what is
 queued (MSG_WAITFORONE: on a blocking socket it waits for the first, up to
-SO_RCVTIMEO; recv(wait=False) never waits);
-reply(k, i, payload) fills send slot k with an answer to received datagram i
-(its msg_name points at i's source address: no address is decoded on the
-fast path); send(count) hands all filled slots to one sendmmsg and goes on
+SO_RCVTIMEO; recv(wait=False) never waits); answer_fast(table) fills send
+slots with the fast path table's answers and says which datagrams it has
+none for; reply(k, i, payload) fills send slot k with another answer to
+received datagram i (its msg_name points at i's source address: no address
+is decoded); send(count) hands all filled slots to one sendmmsg and goes on
 past a datagram the kernel refuses (the rest still go, as with sendto).
-IPv4 only, like the server's sockets.
+PlainBatch is the same interface on recvfrom/sendto. IPv4 only, like the
+server's sockets.
 """
 from __future__ import annotations
 
