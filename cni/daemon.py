@@ -83,3 +83,36 @@ def serve_main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     serve(a.socket_dir, stop=stop)
     return 0
+
+
+def remove_stale_sockets(socket_dir: str | None = None) -> list[str]:
+    """Remove the sockets no daemon listens on any more (a daemon killed with SIGKILL
+    cannot remove its own), and the directory when it is left empty; returns them."""
+    socket_dir = socket_dir or os.environ.get(SOCKET_DIR_ENV, DEFAULT_SOCKET_DIR)
+    try:
+        entries = sorted(os.listdir(socket_dir))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in entries:
+        path = os.path.join(socket_dir, name)
+        if not name.endswith(".sock"):
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+        except OSError:
+            pass  # someone else's trouble: leave it
+        finally:
+            probe.close()
+    try:
+        os.rmdir(socket_dir)
+    except OSError:
+        pass
+    return removed

@@ -17,6 +17,8 @@ import sys
 import time
 from dataclasses import replace
 
+from cni.daemon import remove_stale_sockets
+
 from . import state
 from .model import Lab, ModelError, load_lab, load_manifests, merge_objects, names, remove_objects
 from .external import ensure_external_services
@@ -368,6 +370,7 @@ def down(lab_name: str, *, joined_too: bool = False) -> list[str]:
     for d in _listdir(state.CNI_DATA_DIR):
         if names.belongs_to(lab_name, d):
             shutil.rmtree(os.path.join(state.CNI_DATA_DIR, d), ignore_errors=True)
+    remove_stale_sockets()  # CNI daemons of agents killed before their namespace went (any lab's)
     state.LabPaths(lab_name).remove()
     for d in (state.NETNS_ETC, state.CNI_DATA_DIR, os.path.dirname(state.CNI_DATA_DIR)):
         try:

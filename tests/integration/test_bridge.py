@@ -435,3 +435,23 @@ def test_failure_midway_rolls_back_veth_and_lease(node, namespaces, tmp_path):
     rc, err = add(conf, node, pod)
     assert_error(rc, err, 7, "10.99.0.200")
     assert_nothing_created(node, conf, pod)
+
+
+def test_stale_daemon_sockets_are_removed_and_live_ones_kept(tmp_path):
+    import socket as _socket
+
+    from cni.daemon import remove_stale_sockets
+    d = tmp_path / "cni"
+    d.mkdir()
+    stale = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    stale.bind(str(d / "netns-1.sock"))
+    stale.close()  # a daemon killed with SIGKILL leaves its socket file behind like this
+    live = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    live.bind(str(d / "netns-2.sock"))
+    live.listen(1)
+    try:
+        assert remove_stale_sockets(str(d)) == [str(d / "netns-1.sock")]
+        assert sorted(p.name for p in d.iterdir()) == ["netns-2.sock"]
+    finally:
+        live.close()
+    assert remove_stale_sockets(str(d)) == [str(d / "netns-2.sock")] and not d.exists()
