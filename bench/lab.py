@@ -274,11 +274,14 @@ def write_json_file(tmp: str, name: str, doc: dict) -> str:
     return path
 
 
-def lab_file(tmp: str, n: int, m: int, workload: str) -> str:
-    """A lab of n nodes (defaults otherwise: external host, cluster DNS) holding the Deployment."""
+def lab_file(tmp: str, n: int, m: int, workload: str, dns_pods: int | None = None) -> str:
+    """A lab of n nodes holding the Deployment; defaults otherwise (external host, the cluster
+    DNS's pods) unless dns_pods says how many cluster DNS pods to run."""
     lab = {"apiVersion": "netlab.dev/v1alpha1", "kind": "Lab", "metadata": {"name": "benchlab"},
            "spec": {"nodes": n, "manifests": [deployment(m, workload)] if m else []}}
-    return write_json_file(tmp, f"lab-{n}x{m}-{workload}.yaml", lab)
+    if dns_pods is not None:
+        lab["spec"]["dns"] = {"replicas": dns_pods}
+    return write_json_file(tmp, f"lab-{n}x{m}-{workload}-dns{dns_pods}.yaml", lab)
 
 
 def deploy_file(tmp: str, m: int, workload: str) -> str:
@@ -580,8 +583,11 @@ def measure_deploy(tmp: str, m: int, repeat: int, workload: str, timeout: float,
     return {"pods": m, "lab_up": lab_up_s, "lab_down": down, "base": base, "ours": ours, "mininet": mininet}
 
 
-def measure_size(tmp: str, n: int, m: int, repeat: int, workload: str, timeout: float) -> dict:
-    path, deploy = lab_file(tmp, n, m, workload), deploy_file(tmp, m, workload)
+def measure_size(tmp: str, n: int, m: int, repeat: int, workload: str, timeout: float,
+                 dns_pods: int | None = None) -> dict:
+    """One size, `repeat` times. Refused for want of addresses (the cluster DNS's pod takes one of
+    a full node's), it says so and measures the size again without the cluster DNS pod."""
+    path, deploy = lab_file(tmp, n, m, workload, dns_pods), deploy_file(tmp, m, workload)
     ours, anchor = [], []
     for r in range(repeat):
         settle()
@@ -592,13 +598,16 @@ def measure_size(tmp: str, n: int, m: int, repeat: int, workload: str, timeout: 
                 raise
             cleanup()
             print(f"  {n}x{m}: refused or failed: {e}", flush=True)
-            return {"nodes": n, "pods": m, "failed": str(e), "ours": [], "anchor": []}
+            if "no room" in str(e) and dns_pods is None:
+                again = measure_size(tmp, n, m, repeat, workload, timeout, dns_pods=0)
+                return {**again, "refused_with_dns": str(e)}
+            return {"nodes": n, "pods": m, "dns_pods": dns_pods, "failed": str(e), "ours": [], "anchor": []}
         settle()
         anchor.append(anchor_once(n, m))
         o = ours[-1]
         print(f"  {n}x{m} run {r + 1}: ours up {o['up']:.2f} s delete -f {o['delete']:.2f} s down {o['down']:.2f} s; "
               f"anchor up {anchor[-1][0]:.2f} s down {anchor[-1][1]:.2f} s", flush=True)
-    return {"nodes": n, "pods": m, "ours": ours, "anchor": anchor}
+    return {"nodes": n, "pods": m, "dns_pods": dns_pods, "ours": ours, "anchor": anchor}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -664,8 +673,9 @@ def report_sizes(sizes: list[dict], workload: str, repeat: int) -> tuple[list[st
     summary = []
     for s in sizes:
         n, m = s["nodes"], s["pods"]
+        label = f"{n}x{m}" + ("*" if s.get("dns_pods") == 0 else "")
         if s.get("failed"):
-            out.append(f"{f'{n}x{m}':>7} | failed: {s['failed'][-300:]}")
+            out.append(f"{label:>7} | failed: {s['failed'][-300:]}")
         else:
             ou, od, odn, ofr = (med([r[k] for r in s["ours"]]) for k in ("up", "delete", "down", "freed"))
             au, ad, af = (med([x[i] for x in s["anchor"]]) for i in range(3))
@@ -675,7 +685,7 @@ def report_sizes(sizes: list[dict], workload: str, repeat: int) -> tuple[list[st
                 per = f"{1000 * ou / m:9.1f} {1000 * od / m:5.1f} {1000 * au / m:6.1f} | {rss:11.1f} {pss:5.1f}"
             else:
                 per = f"{'-':>9} {'-':>5} {'-':>6} | {'-':>11} {'-':>5}"
-            out.append(f"{f'{n}x{m}':>7} | {ou:6.2f} {od:6.2f} {odn:5.2f} {ofr:5.2f} | {au:9.2f} {ad:5.2f} {af:5.2f} | "
+            out.append(f"{label:>7} | {ou:6.2f} {od:6.2f} {odn:5.2f} {ofr:5.2f} | {au:9.2f} {ad:5.2f} {af:5.2f} | "
                        f"{ou / au:9.1f} | {per}")
         if (n, m) == TARGET[:2]:
             if s.get("failed"):
@@ -689,9 +699,15 @@ def report_sizes(sizes: list[dict], workload: str, repeat: int) -> tuple[list[st
                 summary.append(f"memory of {n}x{m}: RSS {mem.rss_kb / 2**20:.2f} GiB, PSS {mem.pss_kb / 2**20:.2f} GiB "
                                f"of this machine's {mem_total_kb() / 2**20:.1f} GiB; by process: {mem.top()}")
         if (n, m) == FULL_NODE:
+            refused = s.get("refused_with_dns")
             summary.append(f"one node with a full /24 ({m} pods): " +
-                           (f"refused or failed: {s['failed'][-400:]}" if s.get("failed") else
-                            f"runs (up {med([r['up'] for r in s['ours']]):.2f} s)"))
+                           (f"refused with the cluster DNS pod ({refused.splitlines()[0][-300:]}); " if refused else "") +
+                           (f"failed: {s['failed'][-400:]}" if s.get("failed") else
+                            f"runs{' without the cluster DNS pod' if s.get('dns_pods') == 0 else ''} "
+                            f"(up {med([r['up'] for r in s['ours']]):.2f} s, "
+                            f"delete -f {med([r['delete'] for r in s['ours']]):.2f} s)"))
+    if any(s.get("dns_pods") == 0 for s in sizes):
+        out.append("      * without the cluster DNS pod (spec.dns.replicas 0): with it the size does not fit")
     return out, summary
 
 
