@@ -10,12 +10,14 @@ namespace, so a request is only ever served where the runtime ran it.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from .client import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV, decode_request, recv_all, socket_path
+
+WORKERS = 4  # concurrent requests served; more queue
 
 
 def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
@@ -48,9 +50,24 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
             print(f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '')} "
                   f"{env.get('CNI_IFNAME', '')} -> {code}", file=sys.stderr, flush=True)
 
-    # Long-lived workers: pyroute2 sets up an event loop per thread, too slow to pay per request.
-    # Concurrent requests are safe: each call pins its own netns, and IPAM locks on disk.
-    workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cni")
+    def work() -> None:
+        # Long-lived workers: pyroute2 sets up an event loop per thread, and each worker keeps its
+        # host-side netlink socket; both too slow to pay per request. Concurrent requests are safe:
+        # each call pins its own netns, and IPAM locks on disk.
+        bridge.keep_host_socket()
+        try:
+            while (conn := jobs.get()) is not None:
+                try:
+                    handle(conn)
+                except OSError as e:  # the client went away; the next request is unaffected
+                    print(f"request dropped: {e}", file=sys.stderr, flush=True)
+        finally:
+            bridge.release_host_socket()
+
+    jobs: queue.Queue[socket.socket | None] = queue.Queue()
+    workers = [threading.Thread(target=work, name=f"cni-{i}", daemon=True) for i in range(WORKERS)]
+    for w in workers:
+        w.start()
     try:
         while stop is None or not stop.is_set():
             try:
@@ -58,9 +75,12 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
             except socket.timeout:
                 continue
             conn.settimeout(None)
-            workers.submit(handle, conn)
+            jobs.put(conn)
     finally:
-        workers.shutdown(wait=True)
+        for _ in workers:
+            jobs.put(None)
+        for w in workers:
+            w.join()
         srv.close()
         try:
             os.unlink(path)

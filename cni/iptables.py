@@ -30,11 +30,34 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class Restore:
+    """One `iptables-restore --noflush -w` started now and checked by finish(): ADD starts the
+    masquerade chain as soon as IPAM gives the address and does its netlink work meanwhile (the
+    exec is a third of an in-process ADD)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.error: str | None = None
+        self.proc = subprocess.Popen(["iptables-restore", "--noflush", "-w"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            with self.proc.stdin:  # a few hundred bytes: fits the pipe, never blocks
+                self.proc.stdin.write(text)
+        except BrokenPipeError:
+            pass  # it exited early; finish() reports its error
+
+    def finish(self) -> None:
+        """Wait for it; raise CniError with its stderr if it failed. Safe to call twice."""
+        if self.error is None:
+            with self.proc.stderr:
+                self.error = self.proc.stderr.read().strip()
+            self.proc.wait()
+        if self.proc.returncode != 0:
+            raise CniError(INTERNAL, "iptables-restore failed", self.error or self.text)
+
+
 def _restore(text: str) -> None:
-    proc = subprocess.run(["iptables-restore", "--noflush", "-w"], input=text,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CniError(INTERNAL, "iptables-restore failed", proc.stderr.strip() or text)
+    Restore(text).finish()
 
 
 def save_nat() -> str:
@@ -44,10 +67,8 @@ def save_nat() -> str:
     return proc.stdout
 
 
-def setup_masquerade(network: str, container_id: str, ips: list[tuple[str, str]]) -> None:
-    """ips: (address/32, subnet) pairs of IPv4 addresses."""
-    if not ips:
-        return
+def masquerade_text(network: str, container_id: str, ips: list[tuple[str, str]]) -> str:
+    """The restore input for one container's chain; ips: (address/32, subnet) pairs of IPv4 addresses."""
     chain = chain_name(network, container_id)
     c = "-m comment --comment " + _quote(comment(network, container_id))
     lines = ["*nat", f":{chain} - [0:0]"]
@@ -57,7 +78,19 @@ def setup_masquerade(network: str, container_id: str, ips: list[tuple[str, str]]
         lines.append(f"-A {chain} -d {subnet} {c} -j ACCEPT")
     lines.append(f"-A {chain} ! -d {MULTICAST} {c} -j MASQUERADE")
     lines.append("COMMIT")
-    _restore("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def start_masquerade(network: str, container_id: str, ips: list[tuple[str, str]]) -> Restore | None:
+    """Start writing the chain (None when there is no IPv4 address); the caller calls finish()."""
+    return Restore(masquerade_text(network, container_id, ips)) if ips else None
+
+
+def setup_masquerade(network: str, container_id: str, ips: list[tuple[str, str]]) -> None:
+    """ips: (address/32, subnet) pairs of IPv4 addresses."""
+    pending = start_masquerade(network, container_id, ips)
+    if pending is not None:
+        pending.finish()
 
 
 _JUMP = re.compile(r"^-A POSTROUTING (.*)-j (CNI-[0-9a-f]{24})\s*$")

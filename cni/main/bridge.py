@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 
 from .. import delegate, iptables, spec
@@ -117,20 +118,57 @@ def _netlink_error(what: str, e: Exception) -> CniError:
     return CniError(spec.INTERNAL, f"{what}: {e}", type(e).__name__)
 
 
+# A daemon worker serves one namespace for its whole life: it keeps its host-side netlink socket
+# between calls (opening and closing one costs about 1 ms a call). Other threads open one per call:
+# a socket kept in a lab node's namespace would keep that namespace alive after the node is gone.
+_kept = threading.local()
+
+
+def keep_host_socket() -> None:
+    """Called by a long-lived worker thread that stays in one namespace (cni.daemon's workers)."""
+    _kept.enabled, _kept.inode, _kept.ipr = True, None, None
+
+
+def release_host_socket() -> None:
+    """Close the kept socket, if any (a worker's last act; also after a failed call)."""
+    ipr, _kept.ipr, _kept.inode = getattr(_kept, "ipr", None), None, None
+    if ipr is not None:
+        ipr.close()
+
+
+def _host_socket(host_ns_fd: int):
+    from pyroute2 import IPRoute
+    if not getattr(_kept, "enabled", False):
+        return IPRoute()
+    inode = os.fstat(host_ns_fd).st_ino
+    if _kept.ipr is None or _kept.inode != inode:
+        release_host_socket()
+        _kept.ipr, _kept.inode = IPRoute(), inode
+    return _kept.ipr
+
+
 class _Links:
-    """Netlink sockets for the host and the container namespace, opened once per call."""
+    """Netlink sockets for the host and the container namespace, for one call."""
 
     def __init__(self, container_netns: str | None):
         from pyroute2 import IPRoute
-        self.host = IPRoute()
         self.host_ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.host = _host_socket(self.host_ns_fd)
         self.cont = None
         if container_netns:
-            with entered(container_netns):
-                self.cont = IPRoute()
+            try:
+                with entered(container_netns):
+                    self.cont = IPRoute()
+            except BaseException:
+                self.close(failed=True)
+                raise
 
-    def close(self):
-        self.host.close()
+    def close(self, failed: bool = False):
+        if self.host is getattr(_kept, "ipr", None):
+            if failed:  # a call that failed midway may leave replies unread: start afresh
+                release_host_socket()
+        else:
+            self.host.close()
         os.close(self.host_ns_fd)
         if self.cont is not None:
             self.cont.close()
@@ -138,8 +176,8 @@ class _Links:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(failed=exc_type is not None)
 
 
 def _get(ipr, name: str):
@@ -260,11 +298,27 @@ def cmd_add(conf: dict, att: spec.Attachment) -> dict:
         except BaseException:
             _rollback(links, bc, conf, att, ipam=False)
             raise
+        masquerade = None
         try:
-            return _attach(links, bc, br, host_mac, conf, att, ipam_result)
+            if bc.ip_masq:  # the exec runs while _attach does its netlink work
+                masquerade = iptables.start_masquerade(bc.network, att.container_id, _masquerade_ips(ipam_result))
+            result = _attach(links, bc, br, host_mac, conf, att, ipam_result)
+            if masquerade is not None:
+                masquerade.finish()
+            return result
         except BaseException:
+            if masquerade is not None:
+                try:
+                    masquerade.finish()  # let it end before the rollback removes what it wrote
+                except CniError:
+                    pass
             _rollback(links, bc, conf, att)
             raise
+
+
+def _masquerade_ips(ipam_result: dict) -> list[tuple[str, str]]:
+    """(address/32, subnet) of each IPv4 address: traffic from it leaving the subnet is masqueraded."""
+    return [(f"{i.ip}/32", str(i.network)) for i, _ in _ipam_ips(ipam_result) if i.version == 4]
 
 
 def _attach(links: _Links, bc: BridgeConf, br, host_mac: str, conf: dict, att: spec.Attachment,
@@ -320,10 +374,6 @@ def _attach(links: _Links, bc: BridgeConf, br, host_mac: str, conf: dict, att: s
         _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         if 6 in gateways:
             _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
-
-    if bc.ip_masq:
-        iptables.setup_masquerade(bc.network, att.container_id,
-                                  [(f"{i.ip}/32", str(i.network)) for i, _ in ips if i.version == 4])
 
     result = {
         "cniVersion": conf["cniVersion"],
