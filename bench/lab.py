@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -306,6 +307,34 @@ def timed_cli(argv: list[str], timeout: float) -> float:
     return time.perf_counter() - t0
 
 
+def watched_cli(argv: list[str], timeout: float, prefix: str) -> tuple[float, float | None, float | None]:
+    """timed_cli, while a thread notes (every 20 ms) when namespaces named prefix* appear or go:
+    where the time goes, seen from outside. Returns (seconds until the command returned, first
+    change, last change), from its start."""
+    before = {x for x in netns_list() if x.startswith(prefix)}
+    changes: list[float] = []
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def watch() -> None:
+        seen = before
+        while not done.is_set():
+            now = {x for x in netns_list() if x.startswith(prefix)}
+            if now != seen:
+                changes.append(time.perf_counter() - t0)
+                seen = now
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        seconds = timed_cli(argv, timeout)
+    finally:
+        done.set()
+        watcher.join()
+    return seconds, (changes[0] if changes else None), (changes[-1] if changes else None)
+
+
 FLAKES: list[str] = []
 
 
@@ -356,14 +385,18 @@ def ours_once(path: str, deploy: str, n: int, m: int, timeout: float) -> dict:
 def deploy_once(deploy: str, m: int, timeout: float) -> dict:
     """On the lab already up: `apply -f` of the Deployment until it returns (every pod Running),
     the lab's memory, `delete -f` until it returns (every pod gone)."""
-    apply = timed_cli(["apply", "-q", "-f", deploy, "--lab", LAB, "--timeout", str(timeout)], timeout)
+    prefix = f"{LAB}-default.bench-"   # the pods' namespaces (<lab>-<namespace>.<pod>)
+    apply, apply_first, apply_last = watched_cli(
+        ["apply", "-q", "-f", deploy, "--lab", LAB, "--timeout", str(timeout)], timeout, prefix)
     check_running(m, "apply -f")
     mem = read_memory(lab_pids(LAB))
-    delete = timed_cli(["delete", "-q", "-f", deploy, "--lab", LAB, "--timeout", str(timeout)], timeout)
+    delete, delete_first, delete_last = watched_cli(
+        ["delete", "-q", "-f", deploy, "--lab", LAB, "--timeout", str(timeout)], timeout, prefix)
     left = bench_pods()
     if left:
         raise RuntimeError(f"after delete -f: {len(left)} pods left")
-    return {"up": apply, "delete": delete, "memory": mem}
+    return {"up": apply, "delete": delete, "memory": mem,
+            "up_first": apply_first, "up_last": apply_last, "delete_first": delete_first, "delete_last": delete_last}
 
 
 # --- Mininet, in a throwaway namespace -----------------------------------------------------
@@ -644,6 +677,11 @@ def report_deploy(d: dict, workload: str, repeat: int) -> list[str]:
                            f"({1000 * o / m:.1f} ms against {1000 * k / m:.1f} ms, {o / k:.2f}x)")
         else:
             out.append(f"  {label:<20} {o:7.2f} {1000 * o / m:7.1f} | {'-':>9} {'-':>7} | {'-':>12}")
+    for key, verb in (("up", "appeared"), ("delete", "went")):
+        first, last, ret = (med([r[k] for r in ours]) for k in (f"{key}_first", f"{key}_last", key))
+        out.append(f"  {'apply -f' if key == 'up' else 'delete -f'}, seen from outside: the first pod namespace {verb} "
+                   f"after {first:.2f} s, the last after {last:.2f} s ({1000 * (last - first) / max(m - 1, 1):.1f} ms a pod "
+                   f"between), the command returned at {ret:.2f} s")
     mem = median_memory(ours)
     added = mem.minus(d["base"])
     rss, pss = mem.per(m)
