@@ -136,6 +136,23 @@ def test_masquerade_owners_parses_saved_rules():
     assert iptables.masquerade_owners("mynet", saved) == {"CNI-70a29d9dc18bc4d652ea5d59": "abc123"}
 
 
+def test_masquerade_text_is_the_reference_plugins_chain_in_one_restore():
+    text = iptables.masquerade_text("mynet", "abc123", [("10.1.0.2/32", "10.1.0.0/24")])
+    c = '-m comment --comment "name: \\"mynet\\" id: \\"abc123\\""'
+    assert text.splitlines() == [
+        "*nat", ":CNI-70a29d9dc18bc4d652ea5d59 - [0:0]",
+        f"-A POSTROUTING -s 10.1.0.2/32 {c} -j CNI-70a29d9dc18bc4d652ea5d59",
+        f"-A CNI-70a29d9dc18bc4d652ea5d59 -d 10.1.0.0/24 {c} -j ACCEPT",
+        f"-A CNI-70a29d9dc18bc4d652ea5d59 ! -d 224.0.0.0/4 {c} -j MASQUERADE",
+        "COMMIT"]
+    # the masquerade_owners parser reads back what it writes
+    assert iptables.masquerade_owners("mynet", text) == {"CNI-70a29d9dc18bc4d652ea5d59": "abc123"}
+
+
+def test_no_ipv4_address_starts_no_restore():
+    assert iptables.start_masquerade("mynet", "abc123", []) is None
+
+
 def test_error_codes_are_the_spec_numbers():
     """SPEC.md "Error" section (1-7, 11, 50, 51 reserved), ours from 100; 999 as libcni's skel."""
     assert (spec.INCOMPATIBLE_VERSION, spec.UNSUPPORTED_FIELD, spec.CONTAINER_UNKNOWN, spec.INVALID_ENV,
