@@ -40,11 +40,11 @@ from cni.main import bridge  # noqa: E402
 
 REFERENCE_DIR = "/usr/lib/cni"
 VENV_BIN = os.path.dirname(sys.executable)
-CNI_PATH = f"{VENV_BIN}:{REFERENCE_DIR}"
 PREFIX = f"nlb{os.getpid() % 10000}"
 SUBNET, GATEWAY = "10.250.0.0/24", "10.250.0.1"
-# One bridge and one subnet, split so both plugins' leases fit side by side, as on a node running both.
-RANGES = {"reference": ("10.250.0.2", "10.250.0.126"), "ours": ("10.250.0.128", "10.250.0.254")}
+# One bridge and one subnet, split so every plugin's leases fit side by side, as on a node running them all.
+RANGES = {"reference": ("10.250.0.2", "10.250.0.80"), "ours": ("10.250.0.81", "10.250.0.160"),
+          "venv": ("10.250.0.161", "10.250.0.250")}
 
 
 def conf_for(kind: str, ip_masq: bool, data_dir: str) -> dict:
@@ -58,6 +58,14 @@ def conf_for(kind: str, ip_masq: bool, data_dir: str) -> dict:
                      "ranges": [[{"subnet": SUBNET, "rangeStart": start, "rangeEnd": end}]]}}
 
 
+def runtime_jobs(ip_masq: bool, data_dir: str, cni_bin: str) -> dict:
+    """kind -> (config, CNI_PATH the runtime has): ours as `netlab-bridge install-cni` puts it in a CNI
+    bin directory (-I -S launcher), and as the venv's console script (pip's launcher: site on)."""
+    return {"reference": (conf_for("reference", ip_masq, data_dir), f"{cni_bin}:{REFERENCE_DIR}"),
+            "ours": (conf_for("ours", ip_masq, data_dir), f"{cni_bin}:{REFERENCE_DIR}"),
+            "venv": (conf_for("venv", ip_masq, data_dir), f"{VENV_BIN}:{REFERENCE_DIR}")}
+
+
 # --- the runtime: a separate process in the node namespace, standard library only --------------
 
 def find_plugin(plugin_type: str, cni_path: str) -> str:
@@ -69,11 +77,11 @@ def find_plugin(plugin_type: str, cni_path: str) -> str:
     raise SystemExit(f"plugin {plugin_type!r} is not in CNI_PATH {cni_path}")
 
 
-def exec_plugin(conf: dict, command: str, container_id: str, netns_path: str) -> float:
+def exec_plugin(conf: dict, cni_path: str, command: str, container_id: str, netns_path: str) -> float:
     """One call as libcni makes it: the runtime's environment plus CNI_*, config on stdin, stdout read."""
-    exe = find_plugin(conf["type"], CNI_PATH)
+    exe = find_plugin(conf["type"], cni_path)
     env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_NETNS=netns_path,
-               CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
+               CNI_IFNAME="eth0", CNI_PATH=cni_path)
     data = json.dumps(conf).encode()
     t0 = time.perf_counter()
     proc = subprocess.run([exe], input=data, env=env, capture_output=True)
@@ -84,25 +92,27 @@ def exec_plugin(conf: dict, command: str, container_id: str, netns_path: str) ->
 
 
 def runtime_main(job: dict) -> None:
-    """Alternate the confs pod by pod (ADD for all, then DEL for all); print the times as JSON."""
-    confs, pods = job["confs"], job["pods"]
-    times = {kind: {"ADD": [], "DEL": []} for kind in confs}
+    """Alternate the kinds pod by pod, rotating which goes first (ADD for all, then DEL for all);
+    print the times as JSON."""
+    kinds, pods = job["kinds"], job["pods"]
+    times = {kind: {"ADD": [], "DEL": []} for kind in kinds}
     for command in ("ADD", "DEL"):
         for i, pod in enumerate(pods):
-            kinds = list(confs) if i % 2 == 0 else list(reversed(confs))
-            for kind in kinds:
+            order = list(kinds)[i % len(kinds):] + list(kinds)[:i % len(kinds)]
+            for kind in order:
+                conf, cni_path = kinds[kind]
                 name = f"{pod}{kind[:1]}"
                 if command == "ADD":
                     subprocess.run(["ip", "netns", "add", name], check=True)
-                times[kind][command].append(exec_plugin(confs[kind], command, name, f"/run/netns/{name}"))
+                times[kind][command].append(exec_plugin(conf, cni_path, command, name, f"/run/netns/{name}"))
                 if command == "DEL":
                     subprocess.run(["ip", "netns", "del", name], check=True)
     json.dump(times, sys.stdout)
 
 
-def run_as_runtime(confs: dict, pods: list[str]) -> dict:
+def run_as_runtime(kinds: dict, pods: list[str]) -> dict:
     """Start the runtime process from this thread (so in the node namespace) and collect its times."""
-    job = json.dumps({"confs": confs, "pods": pods})
+    job = json.dumps({"kinds": kinds, "pods": pods})
     proc = subprocess.run([sys.executable, "-I", os.path.abspath(__file__), "--runtime", job],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -169,8 +179,9 @@ def main() -> int:
         raise SystemExit("bench/cni.py needs root (it creates network namespaces)")
     node = f"{PREFIX}node"
     tmp = tempfile.mkdtemp(prefix="netlab-bench-")
+    cni_bin = client.install_cni(os.path.join(tmp, "bin"))  # as a node's install step puts it in /opt/cni/bin
     daemon = None
-    results = []  # (label, {row: [times per round]})
+    results = []  # (label, {row: [times of each round]})
     try:
         subprocess.run(["ip", "netns", "add", node], check=True)
         with netns.entered(node):  # every plugin below runs with the node as its host namespace
@@ -180,23 +191,21 @@ def main() -> int:
                         ["ip", "link", "set", "cni0", "up"]):
                 subprocess.run(cmd, check=True)
             for ip_masq in (False, True):
-                label = f"ipMasq {'on' if ip_masq else 'off'}"
-                confs = {kind: conf_for(kind, ip_masq, tmp) for kind in ("reference", "ours")}
-                rows = {"reference": [], "warm": [], "cold reference": [], "cold": [], "in-process": []}
+                kinds = runtime_jobs(ip_masq, tmp, os.path.dirname(cni_bin))
+                rows = {row: [] for row in ("reference", "ours", "venv", "cold reference", "cold", "in-process")}
                 daemon = start_daemon()
                 for r in range(args.rounds):
-                    pods = [f"{PREFIX}r{r}p{i}" for i in range(args.pods)]
-                    times = run_as_runtime(confs, pods)
-                    rows["reference"].append(times["reference"])
-                    rows["warm"].append(times["ours"])
+                    times = run_as_runtime(kinds, [f"{PREFIX}r{r}p{i}" for i in range(args.pods)])
+                    for kind in kinds:
+                        rows[kind].append(times[kind])
                 stop(daemon)
                 daemon = None
-                pods = [f"{PREFIX}cp{i}" for i in range(args.cold_pods)]
-                times = run_as_runtime(confs, pods)
+                cold_kinds = {k: kinds[k] for k in ("reference", "ours")}
+                times = run_as_runtime(cold_kinds, [f"{PREFIX}cp{i}" for i in range(args.cold_pods)])
                 rows["cold reference"].append(times["reference"])
                 rows["cold"].append(times["ours"])
-                rows["in-process"].append(run_in_process(confs["ours"], [f"{PREFIX}ip{i}" for i in range(args.pods)]))
-                results.append((label, rows))
+                rows["in-process"].append(run_in_process(kinds["ours"][0], [f"{PREFIX}ip{i}" for i in range(args.pods)]))
+                results.append((f"ipMasq {'on' if ip_masq else 'off'}", rows))
     finally:
         stop(daemon)
         cleanup_namespaces(PREFIX)
@@ -205,25 +214,31 @@ def main() -> int:
     return 0
 
 
+ROWS = (("reference", "reference bridge+host-local, exec'd"),
+        ("ours", "netlab-bridge exec'd, warm daemon"),
+        ("venv", "  the same through the venv's script"),
+        ("cold", "netlab-bridge exec'd, cold"),
+        ("in-process", "netlab-bridge in-process"))
+
+
 def report(results: list, args: argparse.Namespace) -> None:
-    print(f"CNI ADD/DEL, ms (median per round of {args.pods} calls; cold: {args.cold_pods});")
-    print("exec'd rows: a runtime process in the node namespace, reference and ours alternating;")
-    print("'x ref' = ours / reference ADD of the same round (cold and in-process: of the cold round)")
-    print(f"{'config':<12} {'what':<36} {'ADD':>16} {'DEL':>16} {'x ref ADD':>18}")
+    print(f"CNI ADD/DEL, ms: median of {args.pods} calls a round (cold: {args.cold_pods}), the median of "
+          f"{args.rounds} rounds (their range)")
+    print("exec'd: by a runtime process in the node namespace, reference and ours alternating call by call;")
+    print("x ref = ours / reference ADD, round by round (cold: its own alternating round; in-process: "
+          "the reference's median)")
+    print(f"{'config':<12} {'what':<37} {'ADD':>22} {'DEL':>22} {'x ref ADD':>18}")
     for label, rows in results:
         def per_round(row, cmd):
             return [ms(t[cmd]) for t in rows[row]]
-        ratios = {"warm": [w / r for w, r in zip(per_round("warm", "ADD"), per_round("reference", "ADD"))],
-                  "cold": [c / r for c, r in zip(per_round("cold", "ADD"), per_round("cold reference", "ADD"))],
-                  "in-process": [ms(rows["in-process"][0]["ADD"]) / per_round("cold reference", "ADD")[0]]}
-        for row, what in (("reference", "reference bridge+host-local, exec'd"),
-                          ("warm", "netlab-bridge exec'd, warm daemon"),
-                          ("cold", "netlab-bridge exec'd, cold"),
-                          ("in-process", "netlab-bridge in-process")):
-            add, dele = per_round(row, "ADD"), per_round(row, "DEL")
-            ratio = ratios.get(row)
-            print(f"{label:<12} {what:<36} {spread(add):>16} {spread(dele):>16} "
-                  f"{spread(ratio) if ratio else '1.00':>18}")
+        ref_add = per_round("reference", "ADD")
+        ratios = {row: [o / r for o, r in zip(per_round(row, "ADD"), ref_add)] for row in ("ours", "venv")}
+        ratios["cold"] = [c / r for c, r in zip(per_round("cold", "ADD"), per_round("cold reference", "ADD"))]
+        ratios["in-process"] = [ms(rows["in-process"][0]["ADD"]) / statistics.median(ref_add)]
+        for row, what in ROWS:
+            ratio = spread(ratios[row]) if row in ratios else "1.00"
+            print(f"{label:<12} {what:<37} {spread(per_round(row, 'ADD')):>22} "
+                  f"{spread(per_round(row, 'DEL')):>22} {ratio:>18}")
 
 
 def spread(values: list[float]) -> str:

@@ -66,13 +66,54 @@ def request(env, stdin, socket_dir=None):
     return int(code), out.decode()
 
 
+LAUNCHER_NAME = "netlab-bridge"
+
+
+def launcher_text(python=None, root=None):
+    """The executable a runtime finds in its CNI bin directory. `-I -S`: no site (its .pth files and
+    path scans are a third of this client's start-up), no PYTHON* variables from the runtime's
+    environment; the package is found at the absolute path of this checkout or install."""
+    python = python or sys.executable
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for what, path in (("the Python interpreter", python), ("the package directory", root)):
+        if any(c.isspace() for c in path) or len(path) > 200:
+            raise ValueError(f"{what} {path!r} cannot go into a #! line (whitespace, or longer than 200 "
+                             "characters): install kube-netlab under a shorter path without spaces")
+    return (f"#!{python} -IS\n"
+            "# Written by `netlab-bridge install-cni`: the exec'd CNI plugin, a thin client of the\n"
+            "# node's warm daemon (`netlab-bridge serve`); run it again after moving kube-netlab.\n"
+            f"import sys\nsys.path.insert(0, {root!r})\nfrom cni.client import main\nmain()\n")
+
+
+def install_cni(directory="/opt/cni/bin"):
+    """Write DIR/netlab-bridge (atomically: a runtime may be exec'ing the old one); returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = f"{directory}/{LAUNCHER_NAME}"
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(launcher_text())
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
 def main():
-    if sys.argv[1:2] == ["serve"]:
+    command = sys.argv[1:2]
+    if command == ["serve"]:
         from .daemon import serve_main
         sys.exit(serve_main(sys.argv[2:]))
+    if command == ["install-cni"]:
+        args = sys.argv[2:]
+        if len(args) > 1 or (args and args[0].startswith("-")):
+            sys.exit("usage: netlab-bridge install-cni [DIR]   (default /opt/cni/bin; put DIR in CNI_PATH)")
+        print(install_cni(*args))
+        sys.exit(0)
     stdin = sys.stdin.buffer.read()
     reply = request(os.environ, stdin)
     if reply is None:
+        if "site" not in sys.modules:  # started by the -S launcher: running the plugin needs site-packages
+            import site
+            site.main()
         from . import skel
         from .main import bridge
         reply = skel.execute(bridge.HANDLERS, os.environ, stdin)

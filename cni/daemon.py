@@ -10,14 +10,13 @@ namespace, so a request is only ever served where the runtime ran it.
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import sys
 import threading
 
 from .client import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV, decode_request, recv_all, socket_path
 
-WORKERS = 4  # concurrent requests served; more queue
+WORKERS = 4  # requests served at once; more wait in the listen backlog
 
 
 def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
@@ -37,7 +36,7 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
     srv.bind(path)
     os.chmod(path, 0o600)
     srv.listen(64)
-    srv.settimeout(0.2)
+    stop = stop or threading.Event()
     if ready is not None:
         ready.set()
 
@@ -52,11 +51,17 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
 
     def work() -> None:
         # Long-lived workers: pyroute2 sets up an event loop per thread, and each worker keeps its
-        # host-side netlink socket; both too slow to pay per request. Concurrent requests are safe:
-        # each call pins its own netns, and IPAM locks on disk.
+        # host-side netlink socket; both too slow to pay per request. Each worker waits in accept()
+        # itself: the kernel wakes one of them per connection, so a request wakes one thread (an
+        # acceptor handing over to a pool wakes two, and on a busy machine every wake-up waits for
+        # a CPU). Concurrent requests are safe: each call pins its own netns, IPAM locks on disk.
         bridge.keep_host_socket()
         try:
-            while (conn := jobs.get()) is not None:
+            while True:
+                conn, _ = srv.accept()
+                if stop.is_set():  # a wake-up from the stopping thread (or a late client: it runs cold)
+                    conn.close()
+                    return
                 try:
                     handle(conn)
                 except OSError as e:  # the client went away; the next request is unaffected
@@ -64,21 +69,17 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
         finally:
             bridge.release_host_socket()
 
-    jobs: queue.Queue[socket.socket | None] = queue.Queue()
     workers = [threading.Thread(target=work, name=f"cni-{i}", daemon=True) for i in range(WORKERS)]
     for w in workers:
         w.start()
     try:
-        while stop is None or not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except socket.timeout:
-                continue
-            conn.settimeout(None)
-            jobs.put(conn)
+        while not stop.wait(0.5):
+            pass
     finally:
-        for _ in workers:
-            jobs.put(None)
+        stop.set()
+        for _ in workers:  # one connection per worker: each takes one, sees stop set, and ends
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+                wake.connect(path)
         for w in workers:
             w.join()
         srv.close()

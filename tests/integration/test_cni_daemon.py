@@ -133,3 +133,21 @@ def test_a_failing_restore_reports_iptables_error_once_finished(node):
                 pending.finish()
             assert e.value.msg == "iptables-restore failed" and e.value.details
 
+
+
+def test_installed_launcher_runs_cold_and_warm(node, namespaces, tmp_path, served):
+    """`netlab-bridge install-cni DIR` writes the -I -S launcher a runtime finds in its CNI bin directory:
+    without a daemon it runs the plugin itself (site-packages added then), with one it hands over."""
+    launcher = client.install_cni(str(tmp_path / "bin"))
+    assert os.access(launcher, os.X_OK) and open(launcher).readline().rstrip().endswith(" -IS")
+    conf = make_conf(tmp_path)
+    cold_pod, warm_pod = namespaces.new("pod"), namespaces.new("pod")
+    rc, cold = exec_plugin(launcher, "ADD", conf, node, cold_pod, f"/run/netns/{cold_pod}")
+    assert rc == 0, cold
+    rc, warm = exec_plugin(launcher, "ADD", conf, node, warm_pod, f"/run/netns/{warm_pod}", extra_env=served)
+    assert rc == 0, warm
+    for pod, result in ((cold_pod, cold), (warm_pod, warm)):
+        assert f"inet {result['ips'][0]['address']}" in pod_addresses(pod)
+    assert exec_plugin(launcher, "DEL", conf, node, cold_pod, f"/run/netns/{cold_pod}", extra_env=served)[0] == 0
+    assert exec_plugin(launcher, "DEL", conf, node, warm_pod, f"/run/netns/{warm_pod}")[0] == 0
+    assert leases(conf) == []
