@@ -176,6 +176,8 @@ def process_kind(argv: list[str]) -> str:
     """A short name for what a process is, for the memory breakdown: an interpreter is named
     by its module or script (`python -m netlab.agent` -> netlab.agent, `.../netlab-dns serve`
     -> netlab-dns serve), anything else by its program."""
+    if len(argv) == 1 and " " in argv[0]:
+        argv = argv[0].split()   # a title the process set itself (setproctitle-style: one string)
     if not argv:
         return "?"
     prog = os.path.basename(argv[0])

@@ -58,6 +58,7 @@ def test_kb_field_reads_status_and_smaps_rollup():
     (["/usr/bin/python3", "bench/mininet_run.py", "--hosts", "200"], "mininet_run.py"),
     (["bash", "--norc", "--noediting", "-is", "mininet:h1"], "bash"),
     (["/usr/bin/sleep", "infinity"], "sleep"),
+    (["/work/main/.venv/bin/python3 -m netlab.workload.echo --pod web-1 --tcp 8080"], "netlab.workload.echo"),
     (["python3"], "python3"),
     ([], "?"),
 ])
