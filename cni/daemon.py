@@ -37,12 +37,13 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
     os.chmod(path, 0o600)
     srv.listen(64)
     stop = stop or threading.Event()
-    if ready is not None:
-        ready.set()
 
     def handle(conn: socket.socket) -> None:
         with conn:
-            env, stdin = decode_request(recv_all(conn))
+            data = recv_all(conn)
+            if not data:  # a liveness probe (remove_stale_sockets): nothing to answer
+                return
+            env, stdin = decode_request(data)
             code, out = skel.execute(bridge.HANDLERS, env, stdin)
             conn.sendall(f"{code}\n{out}".encode())
             # one line per request, like a kubelet log, to see who served what
@@ -58,28 +59,28 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
         bridge.keep_host_socket()
         try:
             while True:
-                conn, _ = srv.accept()
-                if stop.is_set():  # a wake-up from the stopping thread (or a late client: it runs cold)
-                    conn.close()
+                try:
+                    conn, _ = srv.accept()
+                except OSError:  # the listening socket was shut down: serve() is stopping
                     return
                 try:
                     handle(conn)
-                except OSError as e:  # the client went away; the next request is unaffected
-                    print(f"request dropped: {e}", file=sys.stderr, flush=True)
+                except Exception as e:  # the client went away, or sent no request: the next is unaffected
+                    print(f"request dropped: {e!r}", file=sys.stderr, flush=True)
         finally:
             bridge.release_host_socket()
 
     workers = [threading.Thread(target=work, name=f"cni-{i}", daemon=True) for i in range(WORKERS)]
     for w in workers:
         w.start()
+    if ready is not None:
+        ready.set()
     try:
         while not stop.wait(0.5):
             pass
     finally:
         stop.set()
-        for _ in workers:  # one connection per worker: each takes one, sees stop set, and ends
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
-                wake.connect(path)
+        srv.shutdown(socket.SHUT_RDWR)  # wakes every worker waiting in accept() (EINVAL); queued clients run cold
         for w in workers:
             w.join()
         srv.close()

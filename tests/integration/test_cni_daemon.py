@@ -151,3 +151,19 @@ def test_installed_launcher_runs_cold_and_warm(node, namespaces, tmp_path, serve
     assert exec_plugin(launcher, "DEL", conf, node, cold_pod, f"/run/netns/{cold_pod}", extra_env=served)[0] == 0
     assert exec_plugin(launcher, "DEL", conf, node, warm_pod, f"/run/netns/{warm_pod}")[0] == 0
     assert leases(conf) == []
+
+
+def test_daemon_drops_a_garbled_request_and_keeps_all_its_workers(node, namespaces, tmp_path, served):
+    path = node_socket(served["NETLAB_CNI_SOCKET_DIR"], node)
+    for _ in range(daemon.WORKERS + 1):  # more than one per worker: none of them may die of it
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(b"\xff\xfe=\0\0{}")  # not UTF-8: cannot be decoded into CNI_* variables
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""
+    workers = [t for t in threading.enumerate() if t.name.startswith("cni-")]
+    assert len(workers) == daemon.WORKERS and all(t.is_alive() for t in workers)
+    with netns.entered(node):  # the client's own call: None would mean no daemon answered
+        reply = client.request({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}',
+                               served["NETLAB_CNI_SOCKET_DIR"])
+    assert reply is not None and reply[0] == 0 and '"supportedVersions"' in reply[1]
