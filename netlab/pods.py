@@ -4,12 +4,16 @@ A pod is:
   - a named network namespace, <lab>-<ns>.<pod> (visible in `ip netns list`);
   - /etc/netns/<netns>/resolv.conf written like the kubelet's, which
     `ip netns exec` bind-mounts over /etc/resolv.conf;
-  - a "pause" process holding the pod's UTS namespace (its hostname) and the
-    mount namespace with that resolv.conf, as Kubernetes' pause container does;
   - eth0 from netlab-bridge, called in-process (the agent runs in the node's
     namespace, which is the CNI host side);
+  - a "pause" process holding the pod's UTS namespace (its hostname) and the
+    mount namespace with that resolv.conf, as Kubernetes' pause container does;
   - one process per container, entered into the pause process's namespaces:
     the container's command, or the built-in echo server on its ports.
+
+The node's shim (netlab/shim.py) forks the pause process and the containers and
+writes each one's exit code; the agent keeps pids and reads those files, so an
+agent restart loses nothing.
 
 Runs inside the node's network namespace.
 """
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import select
 import signal
-import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cni.main import bridge
@@ -28,7 +33,8 @@ from cni.spec import CniError
 
 from .model import Lab, Pod, names, pod_resolv_conf
 from .realize import ensure_netns, netns_exists, remove_netns
-from .realize.namespace import process_alive
+from .realize.namespace import pids_by_netns, process_alive
+from .shim import ShimClient
 from .state import NETNS_ETC, ContainerStatus, LabPaths, PodStatus
 
 CNI_VERSION = "1.1.0"
@@ -64,30 +70,52 @@ class Backoff:
         return min(self.cap, self.initial * 2 ** max(0, failures - 1))
 
 
+DELETE_THREADS = 8  # CNI DELs at once (each mostly waits in the kernel)
 POD_CREATE_BACKOFF = Backoff(1.0, 30.0)        # a pod sandbox that failed to come up
 CONTAINER_RESTART_BACKOFF = Backoff(1.0, 30.0)  # CrashLoopBackOff (the kubelet's is 10 s..5 min; a lab is impatient)
 
 
 @dataclass
 class Proc:
+    """A pod process the node's shim forked; its exit code arrives in exit_file."""
     name: str
     pid: int
     argv: list[str]
+    exit_file: str
     restarts: int = 0
     exit_code: int | None = None              # set when it stays exited (no restart)
     started_at: float | None = None           # wall clock
     restart_at: float | None = None           # wall clock: exited, restarting after a backoff
-    child: subprocess.Popen | None = field(default=None, repr=False)
+    pidfd: int | None = field(default=None, repr=False)  # readable once it exits (polled, not /proc)
+
+    def __post_init__(self):
+        if self.pidfd is None and self.pid:
+            try:
+                self.pidfd = os.pidfd_open(self.pid)
+            except OSError:  # gone already (or never ours)
+                self.pidfd = None
 
     def alive(self) -> bool:
-        if self.child is not None:
-            return self.child.poll() is None
-        return process_alive(self.pid)
+        if self.pidfd is None:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def poll_exit(self) -> int | None:
-        if self.child is not None:
-            return self.child.poll()
-        return None if process_alive(self.pid) else -1
+        """Its exit code; None while it runs, or while the shim has not written it yet."""
+        if self.alive():
+            return None
+        try:
+            with open(self.exit_file) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
 
     @property
     def settled(self) -> bool:
@@ -95,12 +123,15 @@ class Proc:
         return self.exit_code is not None or self.restart_at is not None
 
 
-def _spawn(argv: list[str], log_path: str, env: dict | None = None) -> subprocess.Popen:
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "ab") as log:
-        # own session: stopping the agent does not stop the pods, as with a kubelet restart
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, env=env, close_fds=True)
+UNKNOWN_EXIT = -1  # a process whose shim died with it unreaped: nobody knows how it ended
+
+
+def _echo_args(container) -> dict | None:
+    """The built-in echo server's ports, when the container runs it (the shim runs it in-process)."""
+    if not container.runs_echo_server:
+        return None
+    return {"tcp": [p.container_port for p in container.ports if p.protocol == "TCP"],
+            "udp": [p.container_port for p in container.ports if p.protocol == "UDP"]}
 
 
 def _container_argv(pod: Pod, container) -> list[str]:
@@ -146,9 +177,12 @@ class PodRuntime:
     controller (netlab.agent.pods) says what to create, supervise and delete."""
 
     def __init__(self, lab: Lab, node: str, paths: LabPaths, conf: dict, *,
-                 restart_backoff: Backoff = CONTAINER_RESTART_BACKOFF, clock=time.time):
+                 restart_backoff: Backoff = CONTAINER_RESTART_BACKOFF, clock=time.time,
+                 shim: ShimClient | None = None):
         self.lab, self.node, self.paths, self.conf = lab, node, paths, conf
         self.restart_backoff, self.clock = restart_backoff, clock
+        self.shim = shim or ShimClient(paths.shim_socket(node), paths.shim_log(node))
+        self._pool: ThreadPoolExecutor | None = None
         self.pause: dict[str, Proc] = {}
         self.containers: dict[str, list[Proc]] = {}
         self.pod_ips: dict[str, str | None] = {}
@@ -187,33 +221,22 @@ class PodRuntime:
         return result["ips"][0]["address"].split("/")[0]
 
     def _start_pause(self, pod: Pod, netns: str) -> Proc:
-        # ip netns exec: network namespace + a mount namespace with /etc/netns/<netns>/* bound over /etc;
-        # unshare --uts: the pod's own hostname.
-        argv = ["ip", "netns", "exec", netns, "unshare", "--uts", "--", "sh", "-c",
-                'hostname "$0" && exec sleep infinity', pod.hostname]
-        child = _spawn(argv, os.path.join(self.paths.pod_dir(netns), "pause.log"))
-        # ip and unshare exec() into sh then sleep: the pid stays the same; wait until the hostname is set
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                if os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
-                    break
-            except OSError:
-                pass
-            if child.poll() is not None:
-                raise RuntimeError(f"pod {pod.key}: pause process exited with {child.returncode}")
-            time.sleep(0.005)
-        return Proc("pause", child.pid, argv, started_at=self.clock(), child=child)
+        exit_file = self.paths.exit_file(netns, "pause")
+        pid = self.shim.sandbox(f"/run/netns/{netns}", pod.hostname, os.path.join(NETNS_ETC, netns),
+                                os.path.join(self.paths.pod_dir(netns), "pause.log"), exit_file)
+        return Proc("pause", pid, ["sleep", "infinity"], exit_file, started_at=self.clock())
 
     def _start_container(self, pod: Pod, container, pause_pid: int) -> Proc:
-        argv = ["nsenter", "-t", str(pause_pid), "-n", "-u", "-m", "--"]
-        if container.working_dir:
-            argv += ["sh", "-c", 'cd "$0" && shift && exec "$@"', container.working_dir, "--"]
-        argv += _container_argv(pod, container)
+        netns = pod.netns(self.lab.name)
+        argv, echo = _container_argv(pod, container), _echo_args(container)
+        if echo is not None:
+            echo["pod"] = pod.name
         env = _container_env(self.lab, pod, container, self.pod_ips.get(pod.key),
                              str(self.lab.node(self.node).underlay_ip))
-        child = _spawn(argv, self.paths.container_log(pod.netns(self.lab.name), container.name), env=env)
-        return Proc(container.name, child.pid, argv, started_at=self.clock(), child=child)
+        exit_file = self.paths.exit_file(netns, container.name)
+        pid = self.shim.start(pause_pid, argv, env, container.working_dir,
+                              self.paths.container_log(netns, container.name), exit_file, echo)
+        return Proc(container.name, pid, argv, exit_file, started_at=self.clock())
 
     def _restart_container(self, pod: Pod, container, pause_pid: int, restarts: int) -> Proc:
         """Start a container again, its last run's output kept as <container>.previous.log
@@ -232,12 +255,13 @@ class PodRuntime:
         netns = pod.netns(self.lab.name)
         if not (st.pause_pid and process_alive(st.pause_pid) and netns_exists(netns)):
             return False
-        self.pause[pod.key] = Proc("pause", st.pause_pid, [])
+        self.pause[pod.key] = Proc("pause", st.pause_pid, [], self.paths.exit_file(netns, "pause"))
         procs = []
         for c in pod.containers:
             cs = next((x for x in st.containers if x.name == c.name), None)
             if cs and cs.pid and cs.running and process_alive(cs.pid):
-                procs.append(Proc(c.name, cs.pid, [], restarts=cs.restart_count, started_at=cs.started_at))
+                procs.append(Proc(c.name, cs.pid, [], self.paths.exit_file(netns, c.name),
+                                  restarts=cs.restart_count, started_at=cs.started_at))
             else:
                 procs.append(self._restart_container(pod, c, st.pause_pid, (cs.restart_count if cs else 0) + 1))
         self.containers[pod.key] = procs
@@ -246,9 +270,16 @@ class PodRuntime:
 
     # --- supervise ------------------------------------------------------------------
     def exited(self) -> bool:
-        """A process of a pod exited and nobody has handled it yet (the kubelet's PLEG relist)."""
-        procs = [*self.pause.values(), *(p for ps in self.containers.values() for p in ps)]
-        return any(not p.settled and not p.alive() for p in procs)
+        """A process of a pod exited and nobody has handled it yet (the kubelet's PLEG relist):
+        one poll(2) over the processes' pidfds."""
+        procs = [*list(self.pause.values()), *(p for ps in list(self.containers.values()) for p in ps)]
+        poller = select.poll()
+        for p in procs:
+            if not p.settled:
+                if p.pidfd is None:
+                    return True
+                poller.register(p.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def supervise(self, pod: Pod, hold_restarts: bool = False) -> bool:
         """Restart exited containers per restartPolicy, after a backoff that doubles with each
@@ -258,20 +289,25 @@ class PodRuntime:
         pause = self.pause.get(pod.key)
         now = self.clock()
         if pause and not pause.settled and not pause.alive():
-            pause.exit_code = pause.poll_exit()  # the sandbox is gone: the pod has failed, nothing restarts
-            changed = True
+            code = self._exit_code(pause)
+            if code is not None:
+                pause.exit_code = code  # the sandbox is gone: the pod has failed, nothing restarts
+                changed = True
         for i, p in enumerate(self.containers.get(pod.key, [])):
             if p.exit_code is not None:
                 continue
             if p.restart_at is not None:
                 if now >= p.restart_at and pause and pause.alive() and not hold_restarts:
                     container = next(c for c in pod.containers if c.name == p.name)
+                    p.close()
                     self.containers[pod.key][i] = self._restart_container(pod, container, pause.pid, p.restarts + 1)
                     changed = True
                 continue
             if p.alive():
                 continue
-            code = p.poll_exit()
+            code = self._exit_code(p)
+            if code is None:
+                continue  # exited a moment ago; the shim is writing its code
             policy = pod.spec.restart_policy
             if pause and pause.alive() and (policy == "Always" or (policy == "OnFailure" and code != 0)):
                 p.restart_at = now + self.restart_backoff.delay(p.restarts + 1)
@@ -279,6 +315,12 @@ class PodRuntime:
                 p.exit_code = code
             changed = True
         return changed
+
+    def _exit_code(self, p: Proc) -> int | None:
+        code = p.poll_exit()
+        if code is None and not p.alive() and not self.shim.alive():
+            return UNKNOWN_EXIT
+        return code
 
     def next_restart(self, held: frozenset[str] = frozenset()) -> float | None:
         """Wall-clock time of the next container restart due, if any (pods in held: none)."""
@@ -301,28 +343,46 @@ class PodRuntime:
 
     # --- delete ---------------------------------------------------------------------
     def delete(self, namespace: str, name: str) -> None:
-        """Stop the pod's processes, CNI DEL, remove its namespace and files. Idempotent."""
-        netns = names.pod_netns(self.lab.name, namespace, name)
-        key = names.pod_key(namespace, name)
-        for p in [*self.containers.pop(key, []), *filter(None, [self.pause.pop(key, None)])]:
-            _terminate(p)
-        self.pod_ips.pop(key, None)
+        self.delete_many([(namespace, name)])
+
+    def delete_many(self, pods: list[tuple[str, str]]) -> None:
+        """Stop the pods' processes, CNI DEL, remove their namespaces and files. Idempotent.
+        Many at once, as a Deployment's pods go: one grace period and one look through /proc
+        for them all, not one each."""
+        procs = []
+        for namespace, name in pods:
+            key = names.pod_key(namespace, name)
+            procs += [*self.containers.pop(key, []), *filter(None, [self.pause.pop(key, None)])]
+            self.pod_ips.pop(key, None)
+        _terminate(procs)
+        netns = [names.pod_netns(self.lab.name, ns, name) for ns, name in pods]
+        # anything else still in them (a `kube-netlab exec` session) would keep the namespace alive
+        _kill_now([pid for pids in pids_by_netns(netns).values() for pid in pids if pid != os.getpid()])
+        # CNI DEL waits in the kernel (a veth's unregistration ends in rcu_barrier()), not on
+        # the CPU: several at once overlap those waits
+        jobs = [self._del_pool().submit(self._remove_sandbox, namespace, name, ns)
+                for (namespace, name), ns in zip(pods, netns)]
+        errors = [e for e in (j.exception() for j in jobs) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def _del_pool(self) -> ThreadPoolExecutor:
+        # long-lived threads: pyroute2 builds an event loop per thread
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="pod-delete")
+        return self._pool
+
+    def _remove_sandbox(self, namespace: str, name: str, netns: str) -> None:
         try:
             bridge.delete(self.conf, _container_id(namespace, name), f"/run/netns/{netns}")
         finally:
-            remove_netns(netns, kill=True, grace=0.5)
+            remove_netns(netns, kill=False)
             shutil.rmtree(os.path.join(NETNS_ETC, netns), ignore_errors=True)
             shutil.rmtree(self.paths.pod_dir(netns), ignore_errors=True)
 
     def reap(self) -> None:
-        """Collect exited children so none linger as zombies."""
-        for procs in self.containers.values():
-            for p in procs:
-                if p.child is not None:
-                    p.child.poll()
-        for p in self.pause.values():
-            if p.child is not None:
-                p.child.poll()
+        """Collect the shim this agent started, should it exit (pod processes are the shim's)."""
+        self.shim.poll()
 
 
 def _container_status(p: Proc) -> ContainerStatus:
@@ -335,25 +395,34 @@ def _container_status(p: Proc) -> ContainerStatus:
                            p.started_at)
 
 
-def _terminate(p: Proc, grace: float = 0.5) -> None:
-    if not p.alive():
-        return
+def _terminate(procs: list[Proc], grace: float = 0.5) -> None:
+    """SIGTERM every process's group (each runs in its own session), SIGKILL what is left
+    after grace: one grace period for them all. Closes their pidfds."""
+    live = [p for p in procs if p.alive()]
+    for p in live:
+        _signal_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while live and time.monotonic() < deadline:
+        time.sleep(0.005)
+        live = [p for p in live if p.alive()]
+    for p in live:
+        _signal_group(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.close()
+
+
+def _signal_group(pid: int, sig: int) -> None:
     try:
-        os.killpg(p.pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
-        return
+        pass
     except PermissionError:
-        os.kill(p.pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and p.alive():
-        time.sleep(0.01)
-    if p.alive():
+        os.kill(pid, sig)
+
+
+def _kill_now(pids: list[int]) -> None:
+    for pid in pids:
         try:
-            os.killpg(p.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
-    if p.child is not None:
-        try:
-            p.child.wait(timeout=2)
-        except subprocess.TimeoutExpired:
             pass

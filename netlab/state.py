@@ -139,6 +139,17 @@ class LabPaths:
     def vtep_mac(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "vtep-mac")
 
+    def shim_socket(self, node: str) -> str:
+        """The node's container shim (netlab/shim.py) listens here."""
+        return os.path.join(self.node_dir(node), "shim.sock")
+
+    def shim_log(self, node: str) -> str:
+        return os.path.join(self.dir, "logs", f"{node}.shim.log")
+
+    def exit_file(self, pod_netns: str, process: str) -> str:
+        """Where the shim writes how a pod's process (a container, or "pause") ended."""
+        return os.path.join(self.pod_dir(pod_netns), f"{process}.exit")
+
     def pod_dir(self, pod_netns: str) -> str:
         return os.path.join(self.dir, "pods", pod_netns.split("-", 1)[1])
 

@@ -86,10 +86,14 @@ class NodeProxy:
         return result
 
     def _clear_conntrack(self, old: ProxyState, new: ProxyState) -> None:
-        for svc, ep in stale_udp_endpoints(old, new):
-            conntrack.flush_udp_endpoint(svc, ep, self.node, netns=self.netns)
-        for svc in udp_services_gaining_endpoints(old, new):
-            conntrack.flush_udp_service(svc, self.node, netns=self.netns)
+        stale, gaining = stale_udp_endpoints(old, new), udp_services_gaining_endpoints(old, new)
+        if not stale and not gaining:
+            return
+        flows = conntrack.udp_flows(self.netns)  # listed once: a Deployment's worth of gone endpoints is one exec
+        for svc, ep in stale:
+            conntrack.flush_udp_endpoint(svc, ep, self.node, netns=self.netns, flows=flows)
+        for svc in gaining:
+            conntrack.flush_udp_service(svc, self.node, netns=self.netns, flows=flows)
 
     def cleanup(self) -> None:
         self.proxier.cleanup()

@@ -73,11 +73,12 @@ class PodsController(Controller):
         statuses = {k: s for k, s in self.state.pod_statuses().items() if s.node == node}
         tokens = self.state.paused_repairs()
         held = frozenset(k for k in desired if repair_paused(tokens, "pods.restart", k))
-        for key in sorted((set(self.running) | set(statuses) | set(self.failures)) - set(desired)):
-            self._delete(key)
+        gone = sorted((set(self.running) | set(statuses) | set(self.failures)) - set(desired))
+        if gone:
+            self._delete(gone)
         for key, pod in desired.items():
             if key in self.running and self.running[key] != pod:  # spec changed: recreate, as a new pod
-                self._delete(key, keep_status=True)
+                self._delete([key], keep_status=True)
             if key not in self.running:
                 self._start(pod, statuses.get(key))
             elif key in held:  # a course exercise stopped it: no restart until released
@@ -149,17 +150,20 @@ class PodsController(Controller):
             elif c.restart_count > prev.restart_count:
                 self.record_event("Pod", pod.namespace, pod.name, "Started", f"Started container {c.name}")
 
-    def _delete(self, key: str, keep_status: bool = False) -> None:
-        ns, name = key.split("/", 1)
-        log.info("pod %s: deleting", key)
-        for c in (self.reported.pop(key, None) or PodStatus("", "")).containers:
-            self.record_event("Pod", ns, name, "Killing", f"Stopping container {c.name}")
-        self.runtime.delete(ns, name)
-        self.running.pop(key, None)
-        self.failures.pop(key, None)
-        self.history.pop(key, None)
-        if not keep_status:
-            self.state.delete_pod_status(key)
+    def _delete(self, keys: list[str], keep_status: bool = False) -> None:
+        """Delete pods together (a Deployment's go at once: one grace period for all)."""
+        pods = [tuple(key.split("/", 1)) for key in keys]
+        for key, (ns, name) in zip(keys, pods):
+            log.info("pod %s: deleting", key)
+            for c in (self.reported.pop(key, None) or PodStatus("", "")).containers:
+                self.record_event("Pod", ns, name, "Killing", f"Stopping container {c.name}")
+        self.runtime.delete_many(pods)
+        for key in keys:
+            self.running.pop(key, None)
+            self.failures.pop(key, None)
+            self.history.pop(key, None)
+            if not keep_status:
+                self.state.delete_pod_status(key)
 
     def _clean_up(self, ns: str, name: str) -> None:
         """Remove what a failed creation left, so the next attempt starts from nothing."""

@@ -16,7 +16,8 @@ from proxy.types import DEFAULT_SYNC_PERIOD, ProxyNode
 from ..state import ENDPOINT_SLICES, PAUSED_REPAIRS_KEY, SERVICES
 from .controller import Controller
 
-MIN_SYNC_SECONDS = 0.1   # kube-proxy's minSyncPeriod is 1 s; a lab is small and should answer at once
+MIN_SYNC_SECONDS = 1.0   # kube-proxy's minSyncPeriod: a burst of changes (a Deployment's pods
+                         # coming up) is one restore a second, not one per pod; a quiet change syncs at once
 
 
 def proxy_node(lab, node) -> ProxyNode:

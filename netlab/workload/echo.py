@@ -8,7 +8,8 @@ balancing, session affinity and masquerading visible (like agnhost netexec):
 
 TCP: an HTTP request gets an HTTP 200 with that line as body; anything else
 (or silence for 100 ms, e.g. `nc`) gets the bare line. UDP: every datagram
-gets the line back. Standard library only; one process per pod.
+gets the line back. Standard library only; one process per pod, forked by the node's shim
+(netlab/shim.py) or run as `python -m netlab.workload.echo` (the external host).
 """
 from __future__ import annotations
 
@@ -66,21 +67,29 @@ def serve(pod: str, tcp_ports: list[int], udp_ports: list[int]) -> list[socketse
     return servers
 
 
+def run(pod: str, tcp: list[int], udp: list[int], on_ready=None) -> int:
+    """Serve until SIGTERM/SIGINT; the node's shim calls this in a forked child (no exec),
+    with on_ready called once the ports listen."""
+    if not tcp and not udp:
+        tcp = [8080]
+    serve(pod, tcp, udp)
+    if on_ready is not None:
+        on_ready()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"echo: {pod} listening tcp={tcp} udp={udp}", file=sys.stderr, flush=True)
+    stop.wait()
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="kube-netlab's built-in echo container")
     p.add_argument("--pod", required=True, help="the pod name to answer with")
     p.add_argument("--tcp", type=int, action="append", default=[], help="a TCP port (repeatable)")
     p.add_argument("--udp", type=int, action="append", default=[], help="a UDP port (repeatable)")
     a = p.parse_args(argv)
-    if not a.tcp and not a.udp:
-        a.tcp = [8080]
-    serve(a.pod, a.tcp, a.udp)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"echo: {a.pod} listening tcp={a.tcp} udp={a.udp}", file=sys.stderr, flush=True)
-    stop.wait()
-    return 0
+    return run(a.pod, a.tcp, a.udp)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import unique_name
 
@@ -12,6 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KUBE_NETLAB = os.path.join(os.path.dirname(sys.executable), "kube-netlab")
 TWO_NODE = os.path.join(ROOT, "topologies", "two-node.yaml")
 THREE_NODE = os.path.join(ROOT, "topologies", "three-node.yaml")
+
+
+def wait_for(what, fn, timeout=20.0):
+    """fn() until it is truthy, returning its value; a deadline for a condition, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            assert value, f"never happened: {what}"
+            return value
+        time.sleep(0.02)
 
 
 def kn(*args, check=True, timeout=180, **kw) -> subprocess.CompletedProcess:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from conftest import unique_name
+from labrun import wait_for
 from netlab import engine
 from netlab.model.workloads import Service, ServicePort
 from netlab.state import LabPaths, LabState
@@ -18,17 +18,6 @@ from netlab.store import open_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWO_NODE = os.path.join(ROOT, "topologies", "two-node.yaml")
-
-
-def wait_for(what, fn, timeout=20.0):
-    """fn() until it is truthy; a deadline for a condition, not a speed assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            assert value, f"never happened: {what}"
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

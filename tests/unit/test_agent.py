@@ -183,6 +183,10 @@ class FakeRuntime:
         self.deleted.append(f"{ns}/{name}")
         self.created.pop(f"{ns}/{name}", None)
 
+    def delete_many(self, pods):
+        for ns, name in pods:
+            self.delete(ns, name)
+
     def supervise(self, pod):
         return False
 

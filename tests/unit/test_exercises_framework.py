@@ -148,7 +148,8 @@ def test_the_pods_controller_holds_the_restarts_of_exactly_the_paused_pod(state,
 def test_a_held_pod_has_no_restart_due(tmp_path):
     lab = load_lab(TWO_NODE, name="unit")
     rt = PodRuntime(lab, "node-a", LabPaths("unit", root=str(tmp_path)), {})
-    rt.containers = {"default/a": [Proc("c", 1, [], restart_at=50.0)], "default/b": [Proc("c", 2, [], restart_at=60.0)]}
+    rt.containers = {"default/a": [Proc("c", 1, [], "", restart_at=50.0)],
+                     "default/b": [Proc("c", 2, [], "", restart_at=60.0)]}
     assert rt.next_restart() == 50.0
     assert rt.next_restart(frozenset({"default/a"})) == 60.0
     assert rt.next_restart(frozenset({"default/a", "default/b"})) is None
