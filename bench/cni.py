@@ -4,23 +4,29 @@ bridge + host-local (Debian's containernetworking-plugins), same config, same ru
 
 What a runtime pays (the rows that count against the 1.5x target): a node
 namespace made with `ip netns add`, cni0 already up with its gateway address
-(as a lab node has it), and `netlab-bridge serve` started in it as a node runs
-it (default socket directory, a process of its own). A separate small
-"runtime" process sitting in the node namespace then does what containerd's
-libcni does for every call: make the pod namespace (untimed), find the plugin
-through CNI_PATH, fork+exec it with its own environment plus CNI_*, the
-config on stdin, and read stdout; DEL, then delete the namespace (untimed).
-Each call is a fresh process. Reference and ours alternate call by call
-(which one goes first alternates too), so load on the machine hits both;
-each round's ratio is the ratio of its medians, and the figure is the
-median over the rounds, with their spread.
+(as a lab node has it), `netlab-bridge serve` started in it as its own
+process (default socket directory), and ours installed the way a node
+installs it (`netlab-bridge install-cni DIR`, DIR first in CNI_PATH). A
+separate small "runtime" process sitting in the node namespace then does for
+every call what containerd's libcni does: make the pod namespace (untimed),
+find the plugin through CNI_PATH, fork+exec it with the runtime's own
+environment plus CNI_*, the config on stdin, read stdout; DEL, then delete
+the namespace (untimed). Each call is a fresh process.
 
-Other rows, same run: ours exec'd cold (no daemon for the namespace: the
-interpreter and `import pyroute2` on every call; alternated with the
+The plugins take turns in short runs (--run consecutive calls of one, then
+the next; which goes first rotates): a node runs one plugin, so a counted
+call follows one of its own kind (the first call of a run follows another
+plugin's and is not counted), while load from the rest of the machine, which
+drifts over seconds, falls on all of them. A round's ratio is the ratio of
+its medians; the figure is the median over --rounds rounds, with their range.
+
+Other rows, same run: ours through the venv's console script (pip's
+launcher, `site` on), ours exec'd cold (no daemon: the interpreter and
+`import pyroute2` on every call; its own round, taking turns with the
 reference the same way) and in-process (`cni.main.bridge.add` from this
-process, in the node namespace: what the lab engine calls).
+process in the node namespace: what the lab engine calls).
 
-    sudo .venv/bin/python bench/cni.py [--pods 30] [--rounds 3]
+    sudo .venv/bin/python bench/cni.py [--pods 30] [--rounds 5] [--run 4]
 """
 from __future__ import annotations
 
@@ -92,27 +98,32 @@ def exec_plugin(conf: dict, cni_path: str, command: str, container_id: str, netn
 
 
 def runtime_main(job: dict) -> None:
-    """Alternate the kinds pod by pod, rotating which goes first (ADD for all, then DEL for all);
-    print the times as JSON."""
-    kinds, pods = job["kinds"], job["pods"]
+    """Runs of `run` consecutive calls of one plugin, the kinds taking turns run by run (which one
+    goes first rotates); ADD for every pod, then DEL. A node runs one plugin, so a call follows one
+    of its own kind: the first call of a run follows another plugin's (and pays what that one left
+    behind: caches, deferred kernel work) and is not counted. Prints the times as JSON."""
+    kinds, pods, run = job["kinds"], job["pods"], job["run"]
+    names = list(kinds)
     times = {kind: {"ADD": [], "DEL": []} for kind in kinds}
     for command in ("ADD", "DEL"):
-        for i, pod in enumerate(pods):
-            order = list(kinds)[i % len(kinds):] + list(kinds)[:i % len(kinds)]
-            for kind in order:
+        for r, first in enumerate(range(0, len(pods), run)):
+            for kind in names[r % len(names):] + names[:r % len(names)]:
                 conf, cni_path = kinds[kind]
-                name = f"{pod}{kind[:1]}"
-                if command == "ADD":
-                    subprocess.run(["ip", "netns", "add", name], check=True)
-                times[kind][command].append(exec_plugin(conf, cni_path, command, name, f"/run/netns/{name}"))
-                if command == "DEL":
-                    subprocess.run(["ip", "netns", "del", name], check=True)
+                for j, pod in enumerate(pods[first:first + run]):
+                    name = f"{pod}{kind[:1]}"
+                    if command == "ADD":
+                        subprocess.run(["ip", "netns", "add", name], check=True)
+                    elapsed = exec_plugin(conf, cni_path, command, name, f"/run/netns/{name}")
+                    if j > 0 or run == 1:
+                        times[kind][command].append(elapsed)
+                    if command == "DEL":
+                        subprocess.run(["ip", "netns", "del", name], check=True)
     json.dump(times, sys.stdout)
 
 
-def run_as_runtime(kinds: dict, pods: list[str]) -> dict:
+def run_as_runtime(kinds: dict, pods: list[str], run: int) -> dict:
     """Start the runtime process from this thread (so in the node namespace) and collect its times."""
-    job = json.dumps({"kinds": kinds, "pods": pods})
+    job = json.dumps({"kinds": kinds, "pods": pods, "run": run})
     proc = subprocess.run([sys.executable, "-I", os.path.abspath(__file__), "--runtime", job],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -168,8 +179,9 @@ def cleanup_namespaces(prefix: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=30, help="ADDs (then DELs) per plugin and round")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config (warm daemon)")
-    ap.add_argument("--cold-pods", type=int, default=10, help="ADDs per plugin for the cold rows")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per config (warm daemon)")
+    ap.add_argument("--cold-pods", type=int, default=12, help="ADDs per plugin for the cold rows")
+    ap.add_argument("--run", type=int, default=4, help="consecutive calls of one plugin before the next takes its turn")
     ap.add_argument("--runtime", help=argparse.SUPPRESS)  # internal: run as the runtime process
     args = ap.parse_args()
     if args.runtime:
@@ -195,13 +207,13 @@ def main() -> int:
                 rows = {row: [] for row in ("reference", "ours", "venv", "cold reference", "cold", "in-process")}
                 daemon = start_daemon()
                 for r in range(args.rounds):
-                    times = run_as_runtime(kinds, [f"{PREFIX}r{r}p{i}" for i in range(args.pods)])
+                    times = run_as_runtime(kinds, [f"{PREFIX}r{r}p{i}" for i in range(args.pods)], args.run)
                     for kind in kinds:
                         rows[kind].append(times[kind])
                 stop(daemon)
                 daemon = None
                 cold_kinds = {k: kinds[k] for k in ("reference", "ours")}
-                times = run_as_runtime(cold_kinds, [f"{PREFIX}cp{i}" for i in range(args.cold_pods)])
+                times = run_as_runtime(cold_kinds, [f"{PREFIX}cp{i}" for i in range(args.cold_pods)], args.run)
                 rows["cold reference"].append(times["reference"])
                 rows["cold"].append(times["ours"])
                 rows["in-process"].append(run_in_process(kinds["ours"][0], [f"{PREFIX}ip{i}" for i in range(args.pods)]))
@@ -222,9 +234,9 @@ ROWS = (("reference", "reference bridge+host-local, exec'd"),
 
 
 def report(results: list, args: argparse.Namespace) -> None:
-    print(f"CNI ADD/DEL, ms: median of {args.pods} calls a round (cold: {args.cold_pods}), the median of "
-          f"{args.rounds} rounds (their range)")
-    print("exec'd: by a runtime process in the node namespace, reference and ours alternating call by call;")
+    print(f"CNI ADD/DEL, ms: median of the counted calls of {args.pods} a round (cold: {args.cold_pods}), "
+          f"the median of {args.rounds} rounds (their range)")
+    print(f"exec'd: by a runtime process in the node namespace, the plugins taking turns in runs of {args.run};")
     print("x ref = ours / reference ADD, round by round (cold: its own alternating round; in-process: "
           "the reference's median)")
     print(f"{'config':<12} {'what':<37} {'ADD':>22} {'DEL':>22} {'x ref ADD':>18}")
