@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .. import delegate, iptables, spec
 from ..netns import check_netns_path, entered
+from ..rtnl import Rtnl
 from ..spec import CniError
 
 DEFAULT_BRIDGE = "cni0"
@@ -137,28 +138,26 @@ def release_host_socket() -> None:
 
 
 def _host_socket(host_ns_fd: int):
-    from pyroute2 import IPRoute
     if not getattr(_kept, "enabled", False):
-        return IPRoute()
+        return Rtnl()
     inode = os.fstat(host_ns_fd).st_ino
     if _kept.ipr is None or _kept.inode != inode:
         release_host_socket()
-        _kept.ipr, _kept.inode = IPRoute(), inode
+        _kept.ipr, _kept.inode = Rtnl(), inode
     return _kept.ipr
 
 
 class _Links:
-    """Netlink sockets for the host and the container namespace, for one call."""
+    """Netlink sockets (cni.rtnl: the requests packed by hand, not pyroute2's event loop) for
+    the host and the container namespace, for one call."""
 
     def __init__(self, container_netns: str | None):
-        from pyroute2 import IPRoute
         self.host_ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.host = _host_socket(self.host_ns_fd)
         self.cont = None
         if container_netns:
             try:
-                with entered(container_netns):
-                    self.cont = IPRoute()
+                self.cont = Rtnl(container_netns)
             except BaseException:
                 self.close(failed=True)
                 raise
@@ -516,8 +515,7 @@ def cmd_gc(conf: dict, att: spec.Attachment) -> None:
 
 def cmd_status(conf: dict, att: spec.Attachment) -> None:
     bc = parse_conf(conf)
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         link = _get(ipr, bc.bridge)
         if link is not None:
             kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))

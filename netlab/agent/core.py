@@ -207,6 +207,9 @@ def _iface_with(ip) -> str:
     raise RuntimeError(f"no interface of this host has the node's underlay address {ip}; join again with --iface")
 
 
+GIL_SWITCH_SECONDS = 0.0005
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m netlab.agent", description="kube-netlab node agent")
     p.add_argument("--lab", required=True)
@@ -217,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--lease-ttl", type=float, default=DEFAULT_TTL,
                    help="seconds a subnet lease lasts unless renewed (flannel's 24 h by default)")
     a = p.parse_args(argv)
+    # the pods thread makes many short syscalls (netlink, fork); each time it gives up the GIL it
+    # waits out the switch interval of a busy thread (endpoints, proxy): 5 ms by default, ~40 ms a pod
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {a.node} %(threadName)s %(levelname)s %(message)s")
     stop = threading.Event()

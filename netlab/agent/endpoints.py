@@ -18,6 +18,9 @@ class EndpointsController(Controller):
     prefixes = (SERVICES, POD_STATUS)
     condition = "EndpointsFailing"
     component = "endpointslice-controller"
+    # each sync reads every pod of the node: a Deployment coming up is one sync per half second,
+    # not one per pod (the proxy programs them at most once a second anyway)
+    min_interval = 0.5
 
     def wants(self, event) -> bool:
         if event.key.startswith(SERVICES):
