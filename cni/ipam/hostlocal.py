@@ -389,6 +389,11 @@ def _read_owner(path: str) -> tuple[str, str | None] | None:
     return (cid.strip(), ifname if sep else None)
 
 
+# A long-lived caller (a node's agent, the CNI daemon) leases hundreds of addresses: a lease
+# file is read once, then known by its identity (a file changed or replaced has another).
+_LEASE_CACHE: dict[tuple, tuple] = {}
+
+
 class Store:
     """One network's lease directory. Call the lease methods under lock()."""
 
@@ -446,15 +451,28 @@ class Store:
         except OSError as e:
             raise _io_error("cannot list IPAM directory", self.dir, e) from None
         for entry in entries:
-            ip = _parse_ip_name(entry.name)
-            if ip is None or not entry.is_file(follow_symlinks=False):
+            if not entry.is_file(follow_symlinks=False) or entry.name.startswith((LAST_RESERVED_PREFIX, LOCK_NAME)):
                 continue
             try:
-                owner = _read_owner(entry.path)
-            except OSError as e:
-                raise _io_error("cannot read lease", entry.path, e) from None
-            if owner is not None:
-                out[ip] = owner
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # released meanwhile (a reader without the lock)
+            key = (entry.path, st.st_ino, st.st_mtime_ns, st.st_size)
+            known = _LEASE_CACHE.get(key)
+            if known is None:
+                ip = _parse_ip_name(entry.name)
+                if ip is None:
+                    continue
+                try:
+                    owner = _read_owner(entry.path)
+                except OSError as e:
+                    raise _io_error("cannot read lease", entry.path, e) from None
+                if owner is None:
+                    continue
+                known = _LEASE_CACHE[key] = (ip, owner)
+            out[known[0]] = known[1]
+        if len(_LEASE_CACHE) > 4 * max(len(out), 1024):
+            _LEASE_CACHE.clear()  # released leases' entries: start afresh now and then
         return out
 
     def reserve(self, ip, cid: str, ifname: str, set_idx: int) -> bool:
