@@ -71,8 +71,9 @@ LAUNCHER_NAME = "netlab-bridge"
 
 def launcher_text(python=None, root=None):
     """The executable a runtime finds in its CNI bin directory. `-I -S`: no site (its .pth files and
-    path scans are a third of this client's start-up), no PYTHON* variables from the runtime's
-    environment; the package is found at the absolute path of this checkout or install."""
+    path scans are a third of this client's start-up; the plugin needs nothing from site-packages),
+    no PYTHON* variables from the runtime's environment; the package is found at the absolute path
+    of this checkout or install."""
     python = python or sys.executable
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for what, path in (("the Python interpreter", python), ("the package directory", root)):
@@ -110,10 +111,7 @@ def main():
         sys.exit(0)
     stdin = sys.stdin.buffer.read()
     reply = request(os.environ, stdin)
-    if reply is None:
-        if "site" not in sys.modules:  # started by the -S launcher: running the plugin needs site-packages
-            import site
-            site.main()
+    if reply is None:  # the plugin imports the standard library only: no site-packages needed under -S
         from . import skel
         from .main import bridge
         reply = skel.execute(bridge.HANDLERS, os.environ, stdin)

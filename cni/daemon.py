@@ -1,8 +1,9 @@
 """The warm per-node CNI daemon behind `netlab-bridge serve`.
 
-An exec'd Python plugin pays the interpreter start plus `import pyroute2`
-(~140 ms here). Production CNIs (cilium-cni, multus thick) avoid that by
-handing the request to a resident daemon; so do we. A daemon serves the
+An exec'd Python plugin pays the interpreter start plus importing the plugin
+on every call (and once paid `import pyroute2`, ~140 ms here). Production
+CNIs (cilium-cni, multus thick) avoid that by handing the request to a
+resident daemon; so do we. A daemon serves the
 network namespace it runs in: its socket is named after that namespace's
 inode, and the client (cni.client) connects to the socket of its own
 namespace, so a request is only ever served where the runtime ran it.
@@ -22,8 +23,6 @@ WORKERS = 4  # requests served at once; more wait in the listen backlog
 def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
           stop: threading.Event | None = None) -> None:
     """Serve requests until stop is set (or the process is killed)."""
-    import pyroute2  # noqa: F401  (warm it: the point of the daemon)
-
     from . import skel
     from .main import bridge
 
@@ -51,8 +50,8 @@ def serve(socket_dir: str | None = None, ready: threading.Event | None = None,
                   f"{env.get('CNI_IFNAME', '')} -> {code}", file=sys.stderr, flush=True)
 
     def work() -> None:
-        # Long-lived workers: pyroute2 sets up an event loop per thread, and each worker keeps its
-        # host-side netlink socket; both too slow to pay per request. Each worker waits in accept()
+        # Long-lived workers, each keeping its host-side netlink socket between requests (opening
+        # one per request is a few hundred microseconds of a few-millisecond ADD). Each waits in accept()
         # itself: the kernel wakes one of them per connection, so a request wakes one thread (an
         # acceptor handing over to a pool wakes two, and on a busy machine every wake-up waits for
         # a CPU). Concurrent requests are safe: each call pins its own netns, IPAM locks on disk.
