@@ -87,6 +87,7 @@ class Proc:
     started_at: float | None = None           # wall clock
     restart_at: float | None = None           # wall clock: exited, restarting after a backoff
     pidfd: int | None = field(default=None, repr=False)  # readable once it exits (polled, not /proc)
+    dead_since: float | None = field(default=None, repr=False)  # monotonic: seen dead, no exit code yet
 
     def __post_init__(self):
         if self.pidfd is None and self.pid:
@@ -124,6 +125,7 @@ class Proc:
 
 
 UNKNOWN_EXIT = -1  # a process whose shim died with it unreaped: nobody knows how it ended
+ORPHAN_EXIT_SECONDS = 2.0  # a dead process's code is written within milliseconds, or never
 
 
 def _echo_args(container) -> dict | None:
@@ -317,9 +319,15 @@ class PodRuntime:
         return changed
 
     def _exit_code(self, p: Proc) -> int | None:
+        """Its exit code once the shim wrote it. A process dead for a while with none written
+        was a child of a shim that died before it (orphans are reaped by init): unknown."""
         code = p.poll_exit()
-        if code is None and not p.alive() and not self.shim.alive():
-            return UNKNOWN_EXIT
+        if code is None and not p.alive():
+            now = time.monotonic()
+            if p.dead_since is None:
+                p.dead_since = now
+            elif now - p.dead_since > ORPHAN_EXIT_SECONDS:
+                return UNKNOWN_EXIT
         return code
 
     def next_restart(self, held: frozenset[str] = frozenset()) -> float | None:

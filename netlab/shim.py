@@ -327,16 +327,6 @@ class ShimClient:
         if self.proc is not None:
             self.proc.poll()
 
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(self.sock_path)
-            return True
-        except OSError:
-            return False
-
     def _call(self, req: dict) -> int:
         for attempt in (1, 2):  # a shim that died between calls: start another, once
             try:

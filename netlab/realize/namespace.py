@@ -17,8 +17,6 @@ import signal
 import subprocess
 import time
 
-from pyroute2 import IPRoute
-
 from cni import netns as _netns
 
 NETNS_DIR = "/run/netns"
@@ -207,9 +205,17 @@ def remove_netns(name: str, *, kill: bool = True, grace: float = 1.0) -> bool:
     return True
 
 
+def netlink_error() -> type:
+    """pyroute2's NetlinkError, imported when an exception is matched against it
+    (`except netlink_error() as e:`), so importing a realizer does not import pyroute2."""
+    from pyroute2 import NetlinkError
+    return NetlinkError
+
+
 @contextlib.contextmanager
 def iproute(name: str):
     """An IPRoute socket bound to the named namespace (opened there, used anywhere)."""
+    from pyroute2 import IPRoute  # here, not at import: the CLI's `get`, `apply` never need it (~170 ms)
     path = _target(name)
     with _netns.entered(path):
         ipr = IPRoute()

@@ -19,11 +19,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from pyroute2 import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
-from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
-
-from .namespace import iproute, netns_exists
+from .namespace import iproute, netlink_error, netns_exists
 
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472  # the kernel's VXLAN default; flannel's Port=0 means this
@@ -33,6 +29,8 @@ _AF_INET = 2
 _RT_TABLE_MAIN = 254
 _RTPROT_BOOT = 3  # what a netlink route gets by default (flannel's); `ip route` hides it
 _ENOENT, _ESRCH, _ENODEV, _EADDRNOTAVAIL = 2, 3, 19, 99
+NUD_PERMANENT, NTF_SELF = 0x80, 0x02  # linux/neighbour.h
+RTNH_F_ONLINK = 0x04                   # linux/rtnetlink.h
 
 
 def vxlan_name(vni: int = DEFAULT_VNI) -> str:
@@ -202,7 +200,7 @@ def remove_vxlan(node_ns: str, vni: int = DEFAULT_VNI) -> bool:
             return False
         try:
             ipr.link("del", index=idx[0])
-        except NetlinkError as e:
+        except netlink_error() as e:
             if e.code != _ENODEV:
                 raise
     return True
@@ -222,7 +220,7 @@ class _Programmed:
 def _read(ipr, index: int) -> _Programmed:
     neigh = {}
     for n in ipr.neigh("dump", family=_AF_INET, ifindex=index):
-        if n["ifindex"] == index and n["state"] & ndmsg.NUD_PERMANENT:
+        if n["ifindex"] == index and n["state"] & NUD_PERMANENT:
             neigh[n.get_attr("NDA_DST")] = n.get_attr("NDA_LLADDR")
     fdb = {}
     for n in ipr.fdb("dump", ifindex=index):
@@ -239,7 +237,7 @@ def _read(ipr, index: int) -> _Programmed:
     return _Programmed(neigh, fdb, routes)
 
 
-def _ignore(e: NetlinkError, *codes) -> None:
+def _ignore(e: Exception, *codes) -> None:
     if e.code not in codes:
         raise e
 
@@ -249,14 +247,14 @@ def _del_route(ipr, index, subnet, gw):
     try:
         ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen,
                   gateway=gw, oif=index, table=_RT_TABLE_MAIN)
-    except NetlinkError as e:
+    except netlink_error() as e:
         _ignore(e, _ESRCH, _ENOENT)
 
 
 def _del_neigh(ipr, index, ip):
     try:
         ipr.neigh("del", ifindex=index, dst=ip, family=_AF_INET)
-    except NetlinkError as e:
+    except netlink_error() as e:
         _ignore(e, _ENOENT, _EADDRNOTAVAIL)
 
 
@@ -264,7 +262,7 @@ def _del_fdb(ipr, index, mac, dst=None):
     kw = {"dst": dst} if dst else {}
     try:
         ipr.fdb("del", ifindex=index, lladdr=mac, **kw)
-    except NetlinkError as e:
+    except netlink_error() as e:
         _ignore(e, _ENOENT)
 
 
@@ -276,13 +274,13 @@ def _program(ipr, index: int, peer: Peer, have: _Programmed) -> bool:
     changed = False
     if have.neigh.get(peer.vtep_ip) != peer.mac:
         ipr.neigh("replace", ifindex=index, dst=peer.vtep_ip, lladdr=peer.mac,
-                  state=ndmsg.NUD_PERMANENT, family=_AF_INET)
+                  state=NUD_PERMANENT, family=_AF_INET)
         changed = True
     if have.fdb.get(peer.mac) != {peer.underlay_ip}:
         if have.fdb.get(peer.mac):
             _del_fdb(ipr, index, peer.mac)  # drop every old remote of this MAC
         ipr.fdb("append", ifindex=index, lladdr=peer.mac, dst=peer.underlay_ip,
-                state=ndmsg.NUD_PERMANENT, flags=ndmsg.NTF_SELF)
+                state=NUD_PERMANENT, flags=NTF_SELF)
         changed = True
     if have.routes.get(peer.subnet) != (peer.vtep_ip, True):
         net = ipaddress.ip_network(peer.subnet)

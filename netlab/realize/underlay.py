@@ -12,12 +12,11 @@ import ipaddress
 import os
 import re
 
-from pyroute2 import NetlinkError
 
 from cni import netns as _netns
 
 from . import namespace
-from .namespace import iproute
+from .namespace import iproute, netlink_error
 
 DEFAULT_BRIDGE = "br-underlay"
 DEFAULT_MTU = 1500
@@ -124,7 +123,7 @@ def ensure_underlay_port(underlay_ns: str, host_ns: str, address: str, *,
                 if link is not None:
                     try:
                         ipr.link("del", index=link["index"])
-                    except NetlinkError as e:
+                    except netlink_error() as e:
                         if e.code != 19:  # ENODEV: went with its peer
                             raise
             # one message creates both ends, the host end directly in host_ns,
@@ -162,7 +161,7 @@ def remove_underlay_port(underlay_ns: str, host_ns: str, ifname: str = "eth0",
             if idx and _kind(ipr.get_links(idx[0])[0]) == "veth":
                 try:
                     ipr.link("del", index=idx[0])
-                except NetlinkError as e:
+                except netlink_error() as e:
                     if e.code != 19:
                         raise
                 return True

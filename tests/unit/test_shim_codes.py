@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 
 from netlab.pods import _echo_args
 from netlab.shim import exit_code
@@ -31,3 +33,24 @@ def test_the_echo_container_gets_its_tcp_and_udp_ports_and_a_command_none():
     assert _echo_args(Container([Port(8080, "TCP"), Port(8080, "UDP"), Port(9090, "TCP")])) == {
         "tcp": [8080, 9090], "udp": [8080]}
     assert _echo_args(Container([Port(53, "UDP")], echo=False)) is None
+
+
+def test_a_process_reads_its_code_from_the_shim_or_is_unknown_once_orphaned(tmp_path, monkeypatch):
+    from netlab import pods
+    from netlab.model import load_lab
+    from netlab.state import LabPaths
+    from test_events_agent import TWO_NODE
+
+    rt = pods.PodRuntime(load_lab(TWO_NODE, name="unit"), "node-a", LabPaths("unit", root=str(tmp_path)), {})
+    done = subprocess.Popen(["true"])
+    done.wait()  # a real pid, dead and reaped: what the agent sees after the shim reaped it
+    exit_file = tmp_path / "c.exit"
+    p = pods.Proc("c", done.pid, ["true"], str(exit_file))
+    assert not p.alive() and rt._exit_code(p) is None     # the shim has not written it yet
+    exit_file.write_text("137\n")
+    assert rt._exit_code(p) == 137
+    orphan = pods.Proc("c", done.pid, ["true"], str(tmp_path / "never.exit"))
+    monkeypatch.setattr(pods, "ORPHAN_EXIT_SECONDS", 0.0)
+    assert rt._exit_code(orphan) is None                  # seen dead a first time
+    time.sleep(0.01)
+    assert rt._exit_code(orphan) == pods.UNKNOWN_EXIT     # its shim died: nobody will write it
