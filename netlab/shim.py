@@ -207,20 +207,22 @@ class Shim:
 
     def _read(self, fd: int) -> None:
         conn, buf = self.conns[fd]
-        data = conn.recv(65536)
+        try:
+            data = conn.recv(65536)
+            buf += data
+            while b"\n" in buf:
+                line, _, rest = bytes(buf).partition(b"\n")
+                buf[:] = rest
+                try:
+                    reply = self.handle(json.loads(line))
+                except Exception as e:  # a bad request must not take the node's pods down
+                    reply = {"error": f"{type(e).__name__}: {e}"}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:  # the agent went away mid-request (killed): its pods stay ours
+            data = b""
         if not data:
             del self.conns[fd]
             conn.close()
-            return
-        buf += data
-        while b"\n" in buf:
-            line, _, rest = bytes(buf).partition(b"\n")
-            buf[:] = rest
-            try:
-                reply = self.handle(json.loads(line))
-            except Exception as e:  # a bad request must not take the node's pods down
-                reply = {"error": f"{type(e).__name__}: {e}"}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def handle(self, req: dict) -> dict:
         op = req.get("op")

@@ -4,6 +4,7 @@ codes as the kubelet reports them, the echo server forked without exec, a killed
 replaced by the next request."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -112,3 +113,11 @@ def test_a_bad_sandbox_is_refused_with_the_reason_and_a_killed_shim_is_replaced(
         s.connect(client.sock_path)
         s.sendall(b'{"op": "nope", "exit": "/nonexistent/x"}\n')
         assert b"unknown op" in s.recv(4096)
+    for _ in range(3):  # an agent killed mid-request (it never reads the reply) does not take the shim down
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close with a reset
+            s.connect(client.sock_path)
+            s.sendall(json.dumps({"op": "start", "pause": pause, "argv": ["true"], "env": {}, "cwd": None,
+                                  "log": str(tmp / "t.log"), "exit": str(tmp / "t.exit")}).encode() + b"\n")
+    shim = client.proc
+    assert sandbox(client, ns, tmp, "again") and client.proc is shim and shim.poll() is None
