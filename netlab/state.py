@@ -213,6 +213,18 @@ def agent_pids(lab: str) -> list[int]:
     return out
 
 
+def shim_pids(paths: LabPaths, node: str) -> list[int]:
+    """The node's container shim (netlab/shim.py), found by the socket on its command line."""
+    sock = paths.shim_socket(node)
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = proc_cmdline(int(entry))
+            if "netlab.shim" in argv and "--socket" in argv and argv[argv.index("--socket") + 1:][:1] == [sock]:
+                out.append(int(entry))
+    return out
+
+
 def agent_alive(paths: LabPaths, node: str) -> int | None:
     """The node agent's pid while it runs. Its command line is read while it may be between
     two exec()s (nsenter, then python), when it is briefly empty: only a different one means

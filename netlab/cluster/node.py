@@ -177,6 +177,7 @@ def leave(node: str | None = None, *, store_url: str | None = None, say=print) -
     record = find_record(node)
     paths = state.LabPaths(record.lab)
     _stop_agent(paths, record.node)
+    _stop_shim(paths, record.node)  # on a machine it runs in the host's namespace: no namespace sweep ends it
     store_url = store_url or record.store
     here = _host_ns()
     removed_pods = 0
@@ -212,7 +213,7 @@ def leave(node: str | None = None, *, store_url: str | None = None, say=print) -
     _remove_host_objects(record, here)
     record.remove()
     shutil.rmtree(paths.node_dir(record.node), ignore_errors=True)
-    for path in (paths.agent_log(record.node), paths.agent_pid(record.node)):
+    for path in (paths.agent_log(record.node), paths.agent_pid(record.node), paths.shim_log(record.node)):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -239,6 +240,18 @@ def _stop_agent(paths: state.LabPaths, node: str) -> None:
         time.sleep(0.05)
     if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+def _stop_shim(paths: state.LabPaths, node: str) -> None:
+    pids = state.shim_pids(paths, node)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _remove_host_objects(record: HostRecord, here: str) -> None:

@@ -184,6 +184,7 @@ def test_two_hosts_join_talk_over_vxlan_share_a_service_and_leave_nothing(cluste
     assert "KUBE-" not in sh(vm2, "iptables-save").stdout and "FLANNEL" not in sh(vm2, "iptables-save").stdout
     assert sh(vm2, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
     assert not os.path.exists(f"/run/netlab/{cluster.name}/nodes/{vm2}")
+    assert state.shim_pids(state.LabPaths(cluster.name), vm2) == []  # its container shim went with it
     assert list(cluster.leases()) == ["192.168.56.11"]
     assert vm2 not in cluster.heartbeats()
     # its pod was scheduled onto vm1
