@@ -202,27 +202,25 @@ def proc_cmdline(pid: int) -> list[str]:
         return []
 
 
-def agent_pids(lab: str) -> list[int]:
-    """Every live agent process of this lab, found by its command line (survives lost pid files)."""
+def _pids_running(module: str, flag: str, value: str) -> list[int]:
+    """Live `python -m MODULE ... FLAG VALUE` processes, found by their command lines."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             argv = proc_cmdline(int(entry))
-            if "netlab.agent" in argv and "--lab" in argv and argv[argv.index("--lab") + 1:][:1] == [lab]:
+            if module in argv and flag in argv and argv[argv.index(flag) + 1:][:1] == [value]:
                 out.append(int(entry))
     return out
+
+
+def agent_pids(lab: str) -> list[int]:
+    """Every live agent process of this lab, found by its command line (survives lost pid files)."""
+    return _pids_running("netlab.agent", "--lab", lab)
 
 
 def shim_pids(paths: LabPaths, node: str) -> list[int]:
     """The node's container shim (netlab/shim.py), found by the socket on its command line."""
-    sock = paths.shim_socket(node)
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            argv = proc_cmdline(int(entry))
-            if "netlab.shim" in argv and "--socket" in argv and argv[argv.index("--socket") + 1:][:1] == [sock]:
-                out.append(int(entry))
-    return out
+    return _pids_running("netlab.shim", "--socket", paths.shim_socket(node))
 
 
 def agent_alive(paths: LabPaths, node: str) -> int | None:
