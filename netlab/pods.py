@@ -71,6 +71,15 @@ class Backoff:
 
 
 DELETE_THREADS = 8  # CNI DELs at once (each mostly waits in the kernel)
+BACKOFF_RESET_SECONDS = 600.0  # the kubelet forgets a container's backoff after 10 min of running
+
+
+def crashes_in_a_row(before: int, ran_seconds: float) -> int:
+    """The exit just seen counted with those before it; a run longer than BACKOFF_RESET_SECONDS
+    starts the count again, so a container that crashes once a day restarts after the initial delay."""
+    return 1 if ran_seconds >= BACKOFF_RESET_SECONDS else before + 1
+
+
 POD_CREATE_BACKOFF = Backoff(1.0, 30.0)        # a pod sandbox that failed to come up
 CONTAINER_RESTART_BACKOFF = Backoff(1.0, 30.0)  # CrashLoopBackOff (the kubelet's is 10 s..5 min; a lab is impatient)
 
@@ -86,6 +95,7 @@ class Proc:
     exit_code: int | None = None              # set when it stays exited (no restart)
     started_at: float | None = None           # wall clock
     restart_at: float | None = None           # wall clock: exited, restarting after a backoff
+    crashes: int = 0                          # exits in a row without a long run: the backoff's exponent
     pidfd: int | None = field(default=None, repr=False)  # readable once it exits (polled, not /proc)
     dead_since: float | None = field(default=None, repr=False)  # monotonic: seen dead, no exit code yet
 
@@ -240,7 +250,7 @@ class PodRuntime:
                               self.paths.container_log(netns, container.name), exit_file, echo)
         return Proc(container.name, pid, argv, exit_file, started_at=self.clock())
 
-    def _restart_container(self, pod: Pod, container, pause_pid: int, restarts: int) -> Proc:
+    def _restart_container(self, pod: Pod, container, pause_pid: int, restarts: int, crashes: int = 0) -> Proc:
         """Start a container again, its last run's output kept as <container>.previous.log
         (`logs --previous`), as the kubelet keeps the previous container's log."""
         log_path = self.paths.container_log(pod.netns(self.lab.name), container.name)
@@ -249,7 +259,7 @@ class PodRuntime:
         except FileNotFoundError:
             pass
         p = self._start_container(pod, container, pause_pid)
-        p.restarts = restarts
+        p.restarts, p.crashes = restarts, crashes
         return p
 
     def _adopt(self, pod: Pod, st: PodStatus) -> bool:
@@ -302,7 +312,8 @@ class PodRuntime:
                 if now >= p.restart_at and pause and pause.alive() and not hold_restarts:
                     container = next(c for c in pod.containers if c.name == p.name)
                     p.close()
-                    self.containers[pod.key][i] = self._restart_container(pod, container, pause.pid, p.restarts + 1)
+                    self.containers[pod.key][i] = self._restart_container(pod, container, pause.pid, p.restarts + 1,
+                                                                          p.crashes)
                     changed = True
                 continue
             if p.alive():
@@ -312,7 +323,8 @@ class PodRuntime:
                 continue  # exited a moment ago; the shim is writing its code
             policy = pod.spec.restart_policy
             if pause and pause.alive() and (policy == "Always" or (policy == "OnFailure" and code != 0)):
-                p.restart_at = now + self.restart_backoff.delay(p.restarts + 1)
+                p.crashes = crashes_in_a_row(p.crashes, now - (p.started_at or now))
+                p.restart_at = now + self.restart_backoff.delay(p.crashes)
             else:
                 p.exit_code = code
             changed = True

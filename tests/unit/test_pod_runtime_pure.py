@@ -1,5 +1,5 @@
-"""The shim's pure parts: exit codes as the kubelet reports them, and the echo container's
-arguments (its ports by protocol)."""
+"""The pod runtime's pure parts: exit codes as the kubelet reports them, the restart
+backoff, the echo container's arguments (its ports by protocol)."""
 from __future__ import annotations
 
 import os
@@ -54,3 +54,14 @@ def test_a_process_reads_its_code_from_the_shim_or_is_unknown_once_orphaned(tmp_
     assert rt._exit_code(orphan) is None                  # seen dead a first time
     time.sleep(0.01)
     assert rt._exit_code(orphan) == pods.UNKNOWN_EXIT     # its shim died: nobody will write it
+
+
+def test_the_restart_backoff_doubles_with_crashes_and_forgets_them_after_ten_minutes_of_running():
+    from netlab.pods import BACKOFF_RESET_SECONDS, CONTAINER_RESTART_BACKOFF, crashes_in_a_row
+    crashes, delays = 0, []
+    for ran in (0.5, 2.0, 1.0, 3.0, 0.1, 0.1, 0.1):      # quick crashes: 1, 2, 4, 8, 16, 30, 30 s
+        crashes = crashes_in_a_row(crashes, ran)
+        delays.append(CONTAINER_RESTART_BACKOFF.delay(crashes))
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    crashes = crashes_in_a_row(crashes, BACKOFF_RESET_SECONDS + 1)  # a long run, then an exit: from the start
+    assert CONTAINER_RESTART_BACKOFF.delay(crashes) == 1.0
