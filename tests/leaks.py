@@ -53,6 +53,10 @@ def snapshot(prefix: str = RUN_PREFIX) -> dict[str, list[str]]:
         "processes": sorted(line for line in _run("pgrep", "-af", prefix).splitlines()
                             if "pytest" not in line and "pgrep" not in line),
         "processes in unnamed namespaces": orphaned_processes(),
+        # named after a namespace inode or a temporary directory, not the prefix: any new one is ours
+        "CNI daemon sockets": sorted(os.listdir("/run/netlab/cni") if os.path.isdir("/run/netlab/cni") else []),
+        "container shims": sorted(line for line in _run("pgrep", "-af", "netlab.shim").splitlines()
+                                  if "pgrep" not in line),
     }
 
 
