@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .workloads import (BUILTIN_NAMESPACES, Container, ContainerPort, Deployment, LabelSelector, Namespace, Object,
-                        PodSpec, PodTemplate, Service, ServicePort)
+from .workloads import (BUILTIN_NAMESPACES, Container, ContainerPort, Deployment, LabelSelector, LabFieldOrigin,
+                        Namespace, Object, PodSpec, PodTemplate, Service, ServicePort)
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -43,5 +43,6 @@ def system_objects(lab: "Lab") -> list[Object]:
     coredns = Deployment(
         "coredns", LabelSelector(dict(DNS_APP_LABELS)),
         PodTemplate(PodSpec((container,), dns_policy="Default"), dict(DNS_APP_LABELS)),
-        namespace="kube-system", replicas=lab.dns.replicas, labels=dict(DNS_APP_LABELS))
+        namespace="kube-system", replicas=lab.dns.replicas, labels=dict(DNS_APP_LABELS),
+        origin=LabFieldOrigin(lab.source or "the lab", path="spec.dns.replicas"))
     return [*(Namespace(n) for n in BUILTIN_NAMESPACES), kubernetes, kube_dns, coredns]

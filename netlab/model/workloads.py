@@ -67,6 +67,15 @@ class Origin:
         return full, self.line
 
 
+@dataclass(frozen=True, eq=False)
+class LabFieldOrigin(Origin):
+    """An object the lab makes itself (the cluster DNS Deployment): every problem with it
+    points at the lab file's field that asked for it, e.g. spec.dns.replicas."""
+
+    def where(self, rel: str) -> tuple[str, int | None]:
+        return self.path, self.line
+
+
 _NO_ORIGIN = Origin("<unknown>")
 
 

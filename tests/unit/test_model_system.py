@@ -71,6 +71,9 @@ def test_system_pods_come_after_the_users_and_count_for_room():
     with pytest.raises(ModelError) as ei:
         parse_lab(tiny + "  manifests:\n  - " + json.dumps(yaml.safe_load(pod)) + "\n")
     assert any("no room" in p.message or "full" in p.message for p in ei.value.problems)
+    # the DNS pod that does not fit points at the lab field that asks for it, not at "<unknown>"
+    (dns,) = [p for p in ei.value.problems if "coredns" in str(p)]
+    assert dns.path == "spec.dns.replicas" and dns.source == "<text>" and "no room" in dns.message
 
 
 def test_system_objects_applied_unchanged_are_accepted_and_not_duplicated():
