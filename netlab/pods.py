@@ -408,9 +408,11 @@ class PodRuntime:
 def _container_status(p: Proc) -> ContainerStatus:
     if p.restart_at is not None:
         return ContainerStatus(p.name, None, "waiting", p.poll_exit(), p.restarts, "CrashLoopBackOff", None)
-    if p.exit_code is None and p.alive():
+    if p.exit_code is None:
+        # running, or exited a moment ago and not yet handled by supervise() (which knows the
+        # code and the restart policy): reported as the kubelet's last relist saw it
         return ContainerStatus(p.name, p.pid, "running", None, p.restarts, None, p.started_at)
-    code = p.exit_code if p.exit_code is not None else p.poll_exit()
+    code = p.exit_code
     return ContainerStatus(p.name, p.pid, "terminated", code, p.restarts, "Completed" if code == 0 else "Error",
                            p.started_at)
 
