@@ -15,8 +15,8 @@ itself, already imported; every other container is exec'd, one exec.
 What a child does before it runs, as `ip netns exec` and `nsenter` would:
   - pause: enter the pod's network namespace, unshare mount and UTS namespaces, make the
     mounts slaves, drop /run/netns (so other pods' namespace mounts do not propagate
-    into every pod's mount namespace), remount /sys (so it shows the pod's links), bind /etc/netns/<pod>/*
-    over /etc/* (resolv.conf), set the hostname, then exec `sleep infinity`;
+    into every pod's mount namespace), remount /sys (so it shows the pod's links), bind
+    /etc/netns/<pod>/* over /etc/* (resolv.conf), set the hostname, exec `sleep infinity`;
   - container: enter the pause process's network, UTS and mount namespaces, cd to its
     workingDir, take its env, its own session (so the agent stops it with its group).
 
@@ -24,7 +24,8 @@ Protocol: a unix stream socket, one JSON request a line, one JSON reply a line:
   {"op": "sandbox", "netns": path, "hostname": h, "etc": dir, "log": path, "exit": path}
   {"op": "start", "pause": pid, "argv": [...] | null, "echo": {...} | null, "env": {...},
    "cwd": dir | null, "log": path, "exit": path}
-  -> {"pid": N} or {"error": "..."}
+  -> {"pid": N} once the process runs (the pause process set up and exec'd, a container
+     exec'd or, the echo server, listening), or {"error": "..."}
 
     python -m netlab.shim --socket /run/netlab/<lab>/nodes/<node>/shim.sock
 """
@@ -46,7 +47,7 @@ import traceback
 from netlab.workload import echo
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWNET = 0x00020000, 0x04000000, 0x40000000
-MS_RDONLY, MS_REC, MS_SLAVE = 1, 0x4000, 1 << 19
+MS_RDONLY, MS_BIND, MS_REC, MS_SLAVE = 1, 0x1000, 0x4000, 1 << 19
 MNT_DETACH = 2
 CHILD_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the ones the shim handles itself
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -85,7 +86,7 @@ def _enter_pod_sandbox(netns: str, hostname: str, etc_dir: str) -> None:
         _check(_libc.mount(name, b"/sys", b"sysfs", MS_RDONLY, None), "mount /sys")
     for entry in sorted(os.listdir(etc_dir)) if os.path.isdir(etc_dir) else []:
         src, dst = os.path.join(etc_dir, entry), os.path.join("/etc", entry)
-        _check(_libc.mount(src.encode(), dst.encode(), b"none", 0x1000, None), f"bind {src} on {dst}")  # MS_BIND
+        _check(_libc.mount(src.encode(), dst.encode(), b"none", MS_BIND, None), f"bind {src} on {dst}")
     host = hostname.encode()
     _check(_libc.sethostname(host, len(host)), "sethostname")
 
