@@ -14,8 +14,6 @@ import os
 import socket
 import struct
 
-from .spec import CniError, INVALID_ENV
-
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
@@ -23,17 +21,18 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 NETNS_RUN_DIR = "/run/netns"
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file descriptor
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)  # setns, unshare, mount, umount2 (also the pod shim's)
 
 
-def _check(ret: int, what: str) -> None:
+def check(ret: int, what: str) -> None:
+    """Raise OSError with errno for a failed libc call (ret != 0)."""
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _setns(fd: int) -> None:
-    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+    check(libc.setns(fd, CLONE_NEWNET), "setns")
 
 
 def check_netns_path(path: str) -> None:
@@ -41,8 +40,8 @@ def check_netns_path(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} cannot be opened: {e.strerror}",
-                       "set CNI_NETNS to an existing network namespace, e.g. /run/netns/<name>") from None
+        raise _invalid_netns(f"CNI_NETNS {path!r} cannot be opened: {e.strerror}",
+                             "set CNI_NETNS to an existing network namespace, e.g. /run/netns/<name>") from None
     try:
         nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
@@ -50,8 +49,15 @@ def check_netns_path(path: str) -> None:
     finally:
         os.close(fd)
     if nstype != CLONE_NEWNET:
-        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} is not a network namespace",
-                       "set CNI_NETNS to a network namespace file such as /run/netns/<name>")
+        raise _invalid_netns(f"CNI_NETNS {path!r} is not a network namespace",
+                             "set CNI_NETNS to a network namespace file such as /run/netns/<name>")
+
+
+def _invalid_netns(msg: str, fix: str) -> Exception:
+    # cni.spec (dataclasses, inspect) only on failure: the pod shim imports this module, and every
+    # echo server it forks carries what the shim has loaded
+    from .spec import INVALID_ENV, CniError
+    return CniError(INVALID_ENV, msg, fix)
 
 
 def path_of(name_or_path: str) -> str:
@@ -83,7 +89,7 @@ def current_inode() -> int:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, None),
+    check(libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, None),
            f"mount {target}")
 
 
@@ -112,7 +118,7 @@ def create(name: str, *, lo_up: bool = True) -> str:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             try:
                 _mount("/proc/thread-self/ns/net", path, None, MS_BIND)
                 if lo_up:
@@ -140,7 +146,7 @@ def remove(name: str) -> None:
     """`ip netns del NAME` in-process: detach the mount and remove the file. The kernel frees
     the namespace (and the links in it) once no process or mount holds it any more."""
     path = path_of(name)
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+    if libc.umount2(path.encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not mounted (a half-made one)
             raise OSError(err, f"umount {path}: {os.strerror(err)}")

@@ -44,22 +44,13 @@ import socket
 import sys
 import traceback
 
+from cni.netns import CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, check as _check, libc as _libc
 from netlab.workload import echo
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWNET = 0x00020000, 0x04000000, 0x40000000
-MS_RDONLY, MS_BIND, MS_REC, MS_SLAVE = 1, 0x1000, 0x4000, 1 << 19
-MNT_DETACH = 2
+CLONE_NEWNS, CLONE_NEWUTS = 0x00020000, 0x04000000
+MS_RDONLY, MS_SLAVE = 1, 1 << 19
 CHILD_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}  # the ones the shim handles itself
 SLEEP = shutil.which("sleep") or "/bin/sleep"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
 
 def exit_code(si_code: int, si_status: int) -> int:
     """The container's exit code as the kubelet reports it (from waitid's siginfo):
